@@ -10,7 +10,8 @@ gives independent EOT draws.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from contextlib import contextmanager
+from typing import ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,23 @@ from torch import Tensor, nn
 from bench.registry import ATTACKS
 
 NORMS = ("Linf", "L2")
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run with every submodule in eval mode, then give each its own previous flag back.
+
+    ``module.train(was_training)`` would not do: it sets the flag on all children, so a wrapper
+    created in training mode (the ``nn.Module`` default) around an eval-mode classifier would leave
+    the classifier's BatchNorm in training mode after the attack.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 class Attack:

@@ -132,6 +132,10 @@ class Registry(Generic[T]):
     def create(self, name: str, **params: Any) -> Any:
         """Build the plugin (timm's ``create_model``): validate parameters, then call it."""
         self.check_params(name, params)
+        # a required parameter left out would otherwise surface as a bare TypeError from __init__
+        missing = [p.name for p in self.parameters(name).values() if p.default is p.empty and p.name not in params]
+        if missing:
+            raise PluginError(f"{self.kind} {name!r} needs parameter {', '.join(map(repr, missing))}")
         return self.get(name)(**params)
 
 

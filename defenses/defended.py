@@ -47,6 +47,9 @@ class DefendedModel(nn.Module):
         self.mode = mode
         self.rng = rng
         self.images_forwarded = 0  # classifier forward passes, counted per image
+        # An attack evaluates a fixed model: BatchNorm must use running statistics, and a helper
+        # that restores "the caller's" train flag must find eval here, not nn.Module's default.
+        self.eval()
 
     @property
     def stochastic(self) -> bool:

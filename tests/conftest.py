@@ -23,3 +23,27 @@ def data_dir() -> Path:
     if not (path / "cifar10_test.npz").exists():
         pytest.fail(f"real data not found in {path}; set BENCH_DATA_DIR to the shared data directory")
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """ONE local Ray instance for the whole session: 2 CPUs, a 100 MB object store, no dashboard.
+
+    Started through ``bench.scheduler.init_ray`` (address ``local``, so a ``RAY_ADDRESS`` in the
+    environment is not joined by accident); shut down at the end of the session.
+    """
+    from bench.scheduler import init_ray, shutdown_ray
+
+    # Ray workers inherit the environment of the instance started here: let them import the
+    # helper modules of tests/ (fake task functions) the way the test process does.
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), saved]))
+    try:
+        info = init_ray("local", num_cpus=2, dashboard=False, object_store_memory=100 * 1024**2)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    yield info
+    shutdown_ray()

@@ -1,0 +1,70 @@
+"""Any checkpoint for a known architecture: ``checkpoint_model("sar.pt", "resnet20")``.
+
+This is how classifiers trained by this project (SAR, ...) or by a user are evaluated. The file may be
+a plain state dict or ``{'state_dict': ...}`` / ``{'model': ...}``, with or without the ``module.``
+prefix of ``DataParallel``; it is loaded with ``torch.load(weights_only=True)`` unless the caller
+opts in to unpickling code with ``weights_only=False``, and must fit the architecture exactly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Callable
+
+from torch import nn
+
+from bench.classifiers.autoattack_resnet18 import ResNet18
+from bench.classifiers.resnet_cifar import DEPTHS, ResNetCIFAR, load_weights
+from bench.registry import CLASSIFIERS, PluginError
+
+
+def _wide_resnet(depth: int = 28, widen_factor: int = 10, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """RobustBench's WideResNet (Zagoruyko & Komodakis 2016, arXiv:1605.07146), inputs in [0,1]."""
+    from bench.compat import ensure_robustbench
+
+    ensure_robustbench()
+    from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+    return WideResNet(depth=depth, widen_factor=widen_factor, num_classes=num_classes, **kwargs)
+
+
+def _cifar_resnet(n: int) -> Callable[..., nn.Module]:
+    return lambda **kwargs: ResNetCIFAR(n, **kwargs)
+
+
+#: Architecture name -> constructor taking the architecture's keyword arguments.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    **{name: _cifar_resnet(n) for name, n in DEPTHS.items()},
+    "resnet18": ResNet18,
+    "autoattack-resnet18": ResNet18,
+    "wrn-28-10": lambda **kwargs: _wide_resnet(**{"depth": 28, "widen_factor": 10, **kwargs}),
+    "wide-resnet": _wide_resnet,
+}
+
+
+def build_architecture(arch: str, **arch_kwargs: Any) -> nn.Module:
+    """A randomly initialised network of the registered architecture ``arch``."""
+    if arch not in ARCHITECTURES:
+        close = difflib.get_close_matches(arch, list(ARCHITECTURES), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise PluginError(f"unknown architecture {arch!r}.{hint} Known: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[arch](**arch_kwargs)
+
+
+def checkpoint_model(path: str | os.PathLike, arch: str, weights_only: bool = True, **arch_kwargs: Any) -> nn.Module:
+    """Build ``arch`` and load ``path`` into it strictly; the network is returned in eval mode.
+
+    Args:
+        path: Checkpoint file (plain state dict, or under ``'state_dict'`` / ``'model'``; a
+            ``module.`` prefix is removed).
+        arch: Architecture: ``resnet20``/``32``/``44``/``56`` (CIFAR ResNets, normalisation inside),
+            ``resnet18`` (= ``autoattack-resnet18``, no normalisation), ``wrn-28-10`` or ``wide-resnet``
+            (RobustBench's WideResNet; ``depth``/``widen_factor`` keywords).
+        weights_only: ``torch.load(weights_only=...)``; False only for files you trust. Default True.
+        **arch_kwargs: Passed to the architecture (e.g. ``num_classes``).
+    """
+    return load_weights(build_architecture(arch, **arch_kwargs), path, weights_only).eval()
+
+
+CLASSIFIERS.add("checkpoint", checkpoint_model)

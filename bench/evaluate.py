@@ -1,0 +1,227 @@
+"""One cell of the grid on one shard of images: clean decision, attack, adversarial decision, rows.
+
+``evaluate_shard`` is pure (issue 2, part 7): tensors and built plugins in, an Arrow table in
+``bench.schema.ROW_SCHEMA`` out (plus the adversarial images when asked). No Ray, no files, no
+printing; the worker builds the plugins and the store writes the table.
+
+Protocol (SPEC §3, §4):
+
+1. Clean decision: K purifications through the real defense and a majority vote
+   (``bench.voting.predict_with_votes``; a deterministic defense is asked once and its single
+   vote is recorded as K votes for the predicted class, so every row's counts sum to K).
+2. Only clean-correct images are attacked (``attacked``); a misclassified image is already lost, so
+   its adversarial image is the clean one and its adversarial decision is the clean decision.
+3. The attack crafts on a ``DefendedModel`` in the cell's gradient mode (``attack.forced_gradient``
+   wins, e.g. BPDA+EOT -> ``bpda``), or on the bare classifier for ``setting="oblivious"`` (the
+   defense is skipped while crafting, kept for the decision).
+4. Adversarial decision: K purifications of the adversarial image through the real defense.
+
+Randomness: four independent ``RngStream``s of (seed, task_id): ``clean-votes``, ``attack-defense``
+(defense noise seen by the attack), ``attack`` (the attack's own draws: random start, AutoAttack
+seed) and ``adv-votes``. Changing the attack therefore never changes the clean decision.
+
+Network evaluations per image (``net_evals``): forward passes of networks, counting the classifier
+as 1 and one purification as ``defense.cost()`` (``surrogate_cost()`` for the surrogate process if
+the defense defines it, else ``cost()``; 0 when crafting obliviously). With ``F_clean``, ``F_att``,
+``F_adv`` the images forwarded by the clean-vote, attack and adversarial-vote models::
+
+    net_evals_i = F_clean / N * (1 + c) + attacked_i * (F_att * (1 + c_att) + F_adv * (1 + c)) / N_att
+
+Backward passes are not counted separately (one backward costs about two forwards). ``seconds``
+splits the wall time the same way, so the column sums to the shard's time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+from torch import Tensor, nn
+
+from attacks.base import Attack
+from bench.device import autocast
+from bench.rng import RngStream
+from bench.schema import ROW_SCHEMA
+from bench.voting import predict_with_votes
+from defenses.base import Defense
+from defenses.defended import DefendedModel
+
+SETTINGS = ("adaptive", "oblivious")
+#: slack of the eps-ball check, relative to eps (float32 arithmetic of the projection)
+BALL_TOLERANCE = 1e-4
+
+
+@dataclass
+class ShardResult:
+    """Rows of one task and, when the job asks, its adversarial images.
+
+    Attributes:
+        table: One row per image in ``bench.schema.ROW_SCHEMA`` (the store adds the metadata).
+        adversarial: float32 (N, C, H, W) in [0,1] on the CPU, row order of ``table``; the clean
+            image for samples that were not attacked. None unless ``save_adversarial``.
+    """
+
+    table: pa.Table
+    adversarial: Tensor | None = None
+
+
+def _net_cost(defense: Defense, mode: str) -> float:
+    """Network evaluations of one forward of one image through the model in ``mode``."""
+    if mode == "oblivious":
+        return 1.0
+    if mode == "surrogate" and hasattr(defense, "surrogate_cost"):
+        return 1.0 + float(defense.surrogate_cost())
+    return 1.0 + float(defense.cost())
+
+
+def _k_votes(counts: Tensor, votes: int) -> Tensor:
+    """Vote counts summing to K. ``predict_with_votes`` asks a deterministic model once (counts sum
+    to 1); K purifications of it would all agree, so its single vote stands for K."""
+    totals = counts.sum(1)
+    if counts.shape[0] == 0 or bool((totals == votes).all()):
+        return counts
+    if bool((totals == 1).all()):
+        return counts * votes
+    raise RuntimeError(f"vote counts sum to {totals.unique().tolist()}, expected {votes} (or 1 for a deterministic defense)")
+
+
+def _check_ball(attack: Attack, delta: Tensor, x_adv: Tensor) -> None:
+    """Refuse results outside the threat model: a bug there would inflate every robust number."""
+    bound = attack.eps * (1 + BALL_TOLERANCE) + 1e-6
+    size = delta.flatten(1).abs().amax(1) if attack.norm == "Linf" else delta.flatten(1).norm(dim=1)
+    if delta.numel() and float(size.max()) > bound:
+        raise RuntimeError(f"{attack!r} returned a perturbation of {attack.norm} size {float(size.max()):.6g} > eps {attack.eps:.6g}")
+    if x_adv.numel() and (float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0):
+        raise RuntimeError(f"{attack!r} returned images outside [0, 1]")
+
+
+def evaluate_shard(
+    x: Tensor,
+    y: Tensor,
+    image_ids: list[int] | tuple[int, ...],
+    *,
+    classifier: nn.Module,
+    defense: Defense,
+    attack: Attack,
+    gradient: str,
+    setting: str,
+    votes: int,
+    seed: int,
+    task_id: str,
+    defense_name: str,
+    attack_name: str,
+    batch_size: int = 128,
+    precision: str = "fp32",
+    save_adversarial: bool = False,
+) -> ShardResult:
+    """Evaluate one (defense, attack, seed) cell on one shard of images.
+
+    Args:
+        x: Clean images (N, C, H, W) float32 in [0,1], on the device the models live on.
+        y: Labels (N,) int64.
+        image_ids: Dataset indices of the N images (written to the rows).
+        classifier: [0,1] images -> logits (replaced by ``defense.classifier`` when set).
+        defense: The built defense.
+        attack: The built attack (threat model inside: ``attack.norm``, ``attack.eps``).
+        gradient: Gradient mode for crafting: ``full``, ``surrogate`` or ``bpda``; overridden by
+            ``attack.forced_gradient``; recorded as ``full`` for the oblivious setting (exact
+            gradient of the bare classifier).
+        setting: ``adaptive`` (craft through the defense) or ``oblivious`` (craft on the classifier).
+        votes: K purifications per decision (SPEC §4).
+        seed: The run's randomness seed (SPEC §1).
+        task_id: Part of every generator's derivation and written to the rows.
+        defense_name: Defense cell name (rows).
+        attack_name: Attack cell name (rows).
+        batch_size: Images (or image copies) per forward for votes and per attack call. Default 128.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA only). Default ``fp32``.
+        save_adversarial: Return the adversarial images. Default False.
+
+    Returns:
+        :class:`ShardResult`.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
+    n = x.shape[0]
+    if y.shape != (n,) or len(image_ids) != n:
+        raise ValueError(f"x has {n} images but y has shape {tuple(y.shape)} and image_ids {len(image_ids)} entries")
+    device = x.device
+    defense.eval()
+    mode = "oblivious" if setting == "oblivious" else (attack.forced_gradient or gradient)
+    recorded_gradient = "full" if setting == "oblivious" else mode
+
+    def defended(stream: str, model_mode: str) -> DefendedModel:
+        # eval() on the wrapper too: helpers that restore the caller's train/eval flag
+        # (predict_with_votes, the AutoAttack wrapper) must restore eval, or BatchNorm layers of a
+        # cached classifier would switch to batch statistics and overwrite their running averages.
+        model = DefendedModel(classifier, defense, model_mode, RngStream(seed, task_id, stream))
+        return model.eval()
+
+    with autocast(precision, device):
+        # 1. clean decision by K votes (the vote model's mode is irrelevant: voting uses purify)
+        start = time.perf_counter()
+        clean_model = defended("clean-votes", "bpda")
+        clean_pred, clean_votes = predict_with_votes(clean_model, x, votes, batch_size)
+        clean_votes = _k_votes(clean_votes, votes)
+        t_clean = time.perf_counter() - start
+
+        # 2-3. attack the clean-correct images only
+        start = time.perf_counter()
+        attacked = clean_pred == y
+        idx = attacked.nonzero().flatten()
+        x_adv = x.detach().clone()
+        attack_model = defended("attack-defense", mode)
+        adv_model = defended("adv-votes", "bpda")
+        adv_pred, adv_votes = clean_pred.clone(), clean_votes.clone()
+        if idx.numel():
+            attack_rng = RngStream(seed, task_id, "attack")
+            crafted = []
+            for chunk in idx.split(batch_size):
+                crafted.append(attack.perturb(attack_model, x[chunk], y[chunk], attack_rng.next(device)).detach())
+            x_adv[idx] = torch.cat(crafted).to(x.dtype)
+        t_attack = time.perf_counter() - start
+
+        # 4. adversarial decision by K votes
+        start = time.perf_counter()
+        if idx.numel():
+            pred, counts = predict_with_votes(adv_model, x_adv[idx], votes, batch_size, num_classes=clean_votes.shape[1])
+            adv_pred[idx], adv_votes[idx] = pred, _k_votes(counts, votes)
+        t_adv = time.perf_counter() - start
+
+    delta = (x_adv - x).float()
+    _check_ball(attack, delta, x_adv)
+    n_att = int(idx.numel())
+    c = float(defense.cost())
+    evals = torch.full((n,), clean_model.images_forwarded * (1.0 + c) / n, dtype=torch.float64)
+    seconds = torch.full((n,), t_clean / n, dtype=torch.float64)
+    if n_att:
+        att = attack_model.images_forwarded * _net_cost(defense, mode) + adv_model.images_forwarded * (1.0 + c)
+        evals[idx.cpu()] += att / n_att
+        seconds[idx.cpu()] += (t_attack + t_adv) / n_att
+
+    clean_correct = (clean_pred == y).cpu()
+    adv_pred_cpu = adv_pred.cpu()
+    columns = {
+        "task_id": [task_id] * n,
+        "defense": [defense_name] * n,
+        "attack": [attack_name] * n,
+        "setting": [setting] * n,
+        "gradient": [recorded_gradient] * n,
+        "seed": [int(seed)] * n,
+        "image_id": [int(i) for i in image_ids],
+        "label": y.cpu().tolist(),
+        "clean_pred": clean_pred.cpu().tolist(),
+        "clean_votes": clean_votes.cpu().tolist(),
+        "clean_correct": clean_correct.tolist(),
+        "attacked": attacked.cpu().tolist(),
+        "adv_pred": adv_pred_cpu.tolist(),
+        "adv_votes": adv_votes.cpu().tolist(),
+        "robust": (clean_correct & (adv_pred_cpu == y.cpu())).tolist(),
+        "linf": delta.flatten(1).abs().amax(1).cpu().tolist() if n else [],
+        "l2": delta.flatten(1).norm(dim=1).cpu().tolist() if n else [],
+        "net_evals": evals.tolist(),
+        "seconds": seconds.tolist(),
+    }
+    table = pa.Table.from_pydict(columns, schema=ROW_SCHEMA)
+    return ShardResult(table=table, adversarial=x_adv.detach().cpu() if save_adversarial else None)

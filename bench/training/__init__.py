@@ -1,0 +1,1 @@
+"""Training commands (`bench train <name>`): one module per model, each with a library function and a click `cli`."""

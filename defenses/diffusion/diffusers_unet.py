@@ -1,0 +1,86 @@
+"""diffusers ``UNet2DModel`` checkpoints as noise predictors (registered backbone ``diffusers``).
+
+The DDPM CIFAR-10 model of Ho et al. 2020 (arXiv:2006.11239), published in diffusers format as
+``google/ddpm-cifar10-32`` (subfolder ``unet``), is trained with the same discrete schedule as this
+project (betas linspace(1e-4, 0.02, 1000)) and predicts eps from (x_t in [-1,1], step t), so the
+wrapper only unpacks ``.sample``. Models that also learn the variance output 2C channels; the first
+C are eps (guided-diffusion convention) and are the ones returned.
+
+Usage::
+
+    eps_model = load_diffusers_unet("/models/ddpm-cifar10-32", subfolder="unet")
+    eps = eps_model(x_t, t)             # x_t in [-1, 1], t the discrete step (float allowed)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from defenses.diffusion.backbone import NoisePredictor
+
+
+class DiffusersUNet(NoisePredictor):
+    """Wrap a ``diffusers.UNet2DModel`` as ``forward(x_t, t_label) -> eps``.
+
+    Args:
+        unet: The diffusers model (eps-prediction; ``out_channels`` = C or 2C).
+    """
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.in_channels = int(unet.config.in_channels)
+        out = int(unet.config.out_channels)
+        if out not in (self.in_channels, 2 * self.in_channels):
+            raise ValueError(
+                f"diffusers UNet has out_channels={out}; an eps predictor needs {self.in_channels} "
+                f"(or {2 * self.in_channels} with a learned variance)"
+            )
+
+    def forward(self, x_t: Tensor, t_label: Tensor) -> Tensor:
+        t_label = torch.as_tensor(t_label, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0])
+        out = self.unet(x_t, t_label).sample
+        return out[:, : self.in_channels]
+
+
+def load_diffusers_unet(
+    path_or_id: str | Path,
+    subfolder: str | None = None,
+    allow_download: bool = False,
+    variant: str | None = None,
+) -> DiffusersUNet:
+    """Load a ``UNet2DModel`` from a local directory (or, if allowed, from the Hugging Face hub).
+
+    Args:
+        path_or_id: A directory written by ``save_pretrained`` (or holding a pipeline, with
+            ``subfolder``), or a hub id such as ``google/ddpm-cifar10-32``.
+        subfolder: Subdirectory with the UNet, e.g. ``"unet"`` for a pipeline. Default None.
+        allow_download: Let diffusers fetch ``path_or_id`` from the hub when it is not a local
+            directory. Default False: offline runs fail fast with a clear message instead.
+        variant: Weight variant (e.g. ``"fp16"``). Default None.
+
+    Returns:
+        The wrapped model in eval mode.
+    """
+    from diffusers import UNet2DModel  # heavy; only for jobs that use this backbone
+
+    local = Path(path_or_id).expanduser()
+    if local.is_dir():
+        source, local_only = str(local), True
+    elif allow_download:
+        source, local_only = str(path_or_id), False
+    else:
+        raise FileNotFoundError(
+            f"diffusers backbone: {path_or_id!r} is not a local directory. Pass a directory written by "
+            "`UNet2DModel.save_pretrained` (or a pipeline directory with subfolder='unet'), or set "
+            "allow_download: true to fetch it from the Hugging Face hub."
+        )
+    try:
+        unet = UNet2DModel.from_pretrained(source, subfolder=subfolder, variant=variant, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        where = f"{source}/{subfolder}" if subfolder else source
+        raise ValueError(f"diffusers backbone: cannot load a UNet2DModel from {where}: {exc}") from exc
+    return DiffusersUNet(unet).eval()

@@ -1,0 +1,225 @@
+"""PGD-EOT and BPDA+EOT on the real ResNet-20 and on hand-made models (SPEC §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import noisy_defense  # noqa: F401  (registers ``noisy``)
+from attacks.bpda_eot import BPDAEOT
+from attacks.pgd_eot import PGDEOT, TARGET_IMAGES_PER_FORWARD, copies_per_forward, eot_gradient
+from bench.classifiers import load_classifier
+from bench.registry import ATTACKS, create_defense
+from bench.rng import RngStream
+from defenses.defended import DefendedModel
+
+
+@pytest.fixture(scope="module")
+def resnet20(data_dir):
+    return load_classifier("resnet20", model_dir=data_dir / "weights")
+
+
+@pytest.fixture(scope="module")
+def images(data_dir):
+    data = np.load(data_dir / "cifar10_test.npz")
+    x = torch.from_numpy(data["x"][:16]).permute(0, 3, 1, 2).float() / 255
+    return x, torch.from_numpy(data["y"][:16]).long()
+
+
+def defended(classifier, defense="none", mode="full", **params):
+    return DefendedModel(classifier, create_defense(defense, **params), mode, RngStream(0, "test", "defense"))
+
+
+def accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_registered():
+    assert ATTACKS.get("pgd-eot") is PGDEOT and ATTACKS.get("bpda-eot") is BPDAEOT
+    assert BPDAEOT.forced_gradient == "bpda" and PGDEOT.forced_gradient is None
+    a, b = PGDEOT(), BPDAEOT()
+    assert (a.steps, a.step_size, a.eot, a.eps, a.random_start) == (200, 0.007, 20, 8 / 255, False)
+    assert (b.steps, b.step_size, b.eot) == (50, 2 / 255, 15)
+
+
+def test_pgd_linf_on_resnet20_stays_in_ball_and_breaks_it(resnet20, images):
+    x, y = images
+    model = defended(resnet20)
+    assert accuracy(model, x, y) >= 0.75  # the published weights: 91.7% on the full test set
+    attack = PGDEOT(eps=32 / 255, steps=4, step_size=8 / 255)
+    x_adv = attack.perturb(model, x, y, gen())
+    assert (x_adv - x).abs().max() <= 32 / 255 + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert accuracy(model, x_adv, y) == 0.0
+    # a deterministic model is asked once per step (EOT copies would be identical)
+    assert model.images_forwarded == 16 * 4 + 2 * 16  # 4 steps + the two accuracy calls
+
+
+def test_gradients_are_nonzero_for_every_image(resnet20, images):
+    x, y = images
+    grad = eot_gradient(defended(resnet20), x, y, draws=1, chunk=1)
+    assert torch.isfinite(grad).all() and (grad.flatten(1).abs().sum(1) > 0).all()
+
+
+def test_single_step_has_the_exact_length(resnet20, images):
+    """Away from the box edges one Linf step moves every pixel by step_size (sign step) and one L2
+    step has L2 length step_size (normalised step)."""
+    x, y = images
+    x = x.clamp(0.2, 0.8)
+    model = defended(resnet20)
+    x_inf = PGDEOT(norm="Linf", eps=8 / 255, steps=1, step_size=2 / 255).perturb(model, x, y, gen())
+    assert torch.allclose((x_inf - x).abs(), torch.full_like(x, 2 / 255), atol=1e-6)
+    x_l2 = PGDEOT(norm="L2", eps=0.5, steps=1, step_size=0.1).perturb(model, x, y, gen())
+    assert torch.allclose((x_l2 - x).flatten(1).norm(dim=1), torch.full((16,), 0.1), atol=1e-5)
+
+
+def test_pgd_l2_on_resnet20(resnet20, images):
+    x, y = images
+    model = defended(resnet20)
+    attack = PGDEOT(norm="L2", eps=1.0, steps=5, step_size=0.4)
+    x_adv = attack.perturb(model, x, y, gen())
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= 1.0 + 1e-5
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert accuracy(model, x_adv, y) <= 0.125
+
+
+@pytest.mark.parametrize("norm,eps", [("Linf", 8 / 255), ("L2", 0.5)])
+def test_random_start_is_reproducible_from_the_generator(resnet20, images, norm, eps):
+    x, y = images[0][:4], images[1][:4]
+    model = defended(resnet20)
+    attack = PGDEOT(norm=norm, eps=eps, steps=1, step_size=eps / 4, random_start=True)
+    a, b, c = (attack.perturb(model, x, y, gen(s)) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    start = attack.start(x, gen(1))
+    delta = (start - x).flatten(1)
+    assert delta.abs().sum() > 0
+    if norm == "Linf":
+        assert delta.abs().max() <= eps + 1e-6
+    else:
+        assert delta.norm(dim=1).max() <= eps + 1e-5
+    no_start = PGDEOT(norm=norm, eps=eps, steps=1, step_size=eps / 4)
+    assert torch.equal(no_start.perturb(model, x, y, gen(1)), no_start.perturb(model, x, y, gen(2)))
+
+
+class Spy(nn.Module):
+    """A classifier that records every batch it sees."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("chunk", [4, 1])
+def test_eot_draws_are_independent_with_the_noisy_defense(resnet20, images, chunk):
+    x, y = images[0][:2], images[1][:2]
+    spy = Spy(resnet20)
+    model = defended(spy, "noisy", sigma=0.1)
+    PGDEOT(steps=2, eot=4, eot_chunk=chunk).perturb(model, x, y, gen())
+    assert sum(batch.shape[0] for batch in spy.seen) == 2 * 4 * 2  # steps x eot x images
+    rows = torch.cat(spy.seen)[: 2 * 4]          # first step: copy k of image i at row 2k + i
+    for i in range(2):
+        copies = rows[i::2]
+        for a in range(4):
+            for b in range(a + 1, 4):
+                assert not torch.equal(copies[a], copies[b]), "two EOT copies got the same noise"
+
+
+def test_default_chunk_follows_the_measured_target():
+    assert copies_per_forward(64, 20, None) == max(1, round(TARGET_IMAGES_PER_FORWARD / 64))
+    assert copies_per_forward(1, 20, None) == 20      # capped at the number of draws
+    assert copies_per_forward(512, 20, None) == 1
+    assert copies_per_forward(64, 20, 3) == 3 and copies_per_forward(64, 2, 8) == 2
+
+
+class ScheduledNoise(nn.Module):
+    """Logits W x + b_k where b_k is a known offset for the k-th row block of each call: a
+    'stochastic' model whose draws we can reproduce exactly for an analytic check."""
+
+    stochastic = True
+
+    def __init__(self, offsets: torch.Tensor, n: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(12, 5)
+        self.offsets, self.n, self.calls = offsets, n, 0
+
+    def forward(self, x):
+        copies = x.shape[0] // self.n
+        b = self.offsets[self.calls : self.calls + copies].repeat_interleave(self.n, 0)
+        self.calls += copies
+        return self.lin(x.flatten(1)) + b
+
+
+@pytest.mark.parametrize("average", ["loss", "logits"])
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_eot_gradient_matches_the_analytic_average(average, chunk):
+    torch.manual_seed(0)
+    n, draws = 3, 3
+    offsets = torch.randn(draws, 5) * 3
+    model = ScheduledNoise(offsets, n)
+    x, y = torch.rand(n, 3, 2, 2), torch.tensor([0, 1, 4])
+    grad = eot_gradient(model, x, y, draws, chunk, average)
+    x_ref = x.clone().requires_grad_(True)
+    z = model.lin(x_ref.flatten(1))
+    if average == "loss":  # mean over draws of the per-draw cross-entropy
+        loss = sum(F.cross_entropy(z + offsets[k], y, reduction="sum") for k in range(draws)) / draws
+    else:                  # cross-entropy of the mean logits
+        loss = F.cross_entropy(z + offsets.mean(0), y, reduction="sum")
+    (ref,) = torch.autograd.grad(loss, x_ref)
+    assert torch.allclose(grad, ref, atol=1e-6)
+
+
+def test_bpda_eot_uses_the_identity_backward_and_refuses_other_modes(resnet20, images):
+    x, y = images[0][:4], images[1][:4]
+    with pytest.raises(ValueError, match="mode 'bpda'"):
+        BPDAEOT(steps=1, eot=2).perturb(defended(resnet20, "lowpass", "full"), x, y, gen())
+    model = defended(resnet20, "lowpass", "bpda", cutoff=8)
+    x_adv = BPDAEOT(steps=3, eot=2).perturb(model, x, y, gen())
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    # deterministic defense: one draw per step, whatever eot says
+    assert model.images_forwarded == 3 * 4
+
+
+def test_bpda_eot_runs_eot_copies_on_a_stochastic_defense(resnet20, images):
+    x, y = images[0][:2], images[1][:2]
+    spy = Spy(resnet20)
+    model = defended(spy, "noisy", "bpda", sigma=0.05)
+    x_adv = BPDAEOT(steps=2, eot=3).perturb(model, x, y, gen())
+    assert sum(b.shape[0] for b in spy.seen) == 2 * 3 * 2
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_attack_runs_in_eval_mode_and_restores_every_flag(resnet20, images):
+    """A wrapper in training mode around an eval-mode classifier: the attack must run everything in
+    eval mode and hand each module its own flag back (``model.train(True)`` afterwards would put
+    the classifier's BatchNorm in training mode)."""
+    x, y = images[0][:2], images[1][:2]
+    spy = Spy(resnet20)
+    seen_modes = []
+    spy.register_forward_pre_hook(lambda m, args: seen_modes.append((spy.training, resnet20.training)))
+    model = defended(spy)
+    model.train()
+    resnet20.eval()
+    PGDEOT(steps=1).perturb(model, x, y, gen())
+    assert seen_modes == [(False, False)]
+    assert model.training and spy.training and not resnet20.training
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"norm": "L1"}, "norm"), ({"eps": 0}, "eps"), ({"steps": 0}, "steps"), ({"eot": 1.5}, "eot"),
+    ({"step_size": -1.0}, "step_size"), ({"eot_chunk": 0}, "eot_chunk"),
+])
+def test_bad_parameters(params, match):
+    with pytest.raises(ValueError, match=match):
+        PGDEOT(**params)

@@ -1,0 +1,324 @@
+"""Job files: bad input names the file, the field and what is allowed; good input parses as meant."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import pytest
+import yaml
+
+from bench.registry import DEFENSES
+from bench.spec import JobSpecError, deep_merge, load_job
+from defenses.base import Defense
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD: dict[str, Any] = {
+    "name": "t",
+    "dataset": {"name": "cifar10", "split": "test", "subset": {"size": 512, "seed": 0, "take": 8}},
+    "classifier": "resnet20",
+    "threat": {"norm": "Linf", "eps": "8/255"},
+    "seeds": [0, 1],
+    "votes": 3,
+    "shard_size": 4,
+    "defenses": ["none", {"name": "lp", "type": "lowpass", "cutoff": 12}],
+    "attacks": [
+        {"type": "pgd-eot", "steps": 2, "step_size": "2/255", "eot": 1},
+        {"type": "bpda-eot", "steps": 2, "eot": 1},
+    ],
+}
+
+SPEC7_EXAMPLE = """\
+# jobs/cifar10.yaml — FreqPure paper, CIFAR-10 Linf (Table 1 protocol), for a GPU cluster
+name: cifar10-linf
+dataset: {name: cifar10, split: test, subset: {size: 512, seed: 0}}
+classifier: robustbench:Standard            # WRN-28-10 from the RobustBench zoo
+threat: {norm: Linf, eps: 8/255}
+seeds: [0, 1, 2]
+votes: 10                                   # K purifications decide a stochastic defense
+shard_size: 64
+resources: {gpus: 1, cpus: 4}
+backbones:
+  scoresde: {type: score-sde, checkpoint: models/checkpoint_8.pth}
+defenses:
+  - none
+  - {name: lowpass-k12, type: lowpass, cutoff: 12, mask: circle}
+  - {type: diffpure, t_star: 0.1, solver: sde, backbone: scoresde}
+  - {type: freqpure, t_star: 0.1, steps: 50, d_a: 3, d_p: 2, delta: 0.2, backbone: scoresde}
+  - {type: irad, reconstruction: models/irad/Reconstruction.pt, samplenet: models/irad/SampleNet.pt}
+  - {name: irad+diffpure, chain: [{type: diffpure, t_star: 0.02, backbone: scoresde}, {type: irad}]}
+  - {type: sar, classifier: models/sarwa-wrn34-10.pt}    # a SAR-trained model replaces the classifier
+attacks:
+  - {type: pgd-eot, steps: 200, step_size: 0.007, eot: 20, gradient: surrogate}
+  - {type: bpda-eot, steps: 100, step_size: 2/255, eot: 15}
+  - {type: autoattack, version: rand}
+  - {type: pgd-eot, steps: 40, step_size: 4/255, eot: 1, setting: oblivious}
+"""
+
+
+def write(path: Path, data: Any) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def mutate(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    data = copy.deepcopy(GOOD)
+    fn(data)
+    return data
+
+
+class _BpdaOnly(Defense):
+    """Test-only: a defense whose gradient can only be approximated (no ``full`` mode)."""
+
+    gradient_modes: ClassVar[tuple[str, ...]] = ("bpda",)
+
+    def purify(self, x, generator=None):
+        return x.round()
+
+
+@pytest.fixture
+def bpda_only(monkeypatch):
+    # registered for this test only, so registry-wide contract tests never see it
+    monkeypatch.setitem(DEFENSES._entries, "test-bpda-only", _BpdaOnly)
+
+
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    def fn(d: dict[str, Any]) -> None:
+        for key in path[:-1]:
+            d = d[key]
+        d[path[-1]] = value
+
+    return fn
+
+
+def _append(section: str, entry: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda d: d[section].append(entry)
+
+
+# (id, mutation, expected field, substrings the message must contain: what is allowed)
+BAD = [
+    ("norm", _set(("threat", "norm"), "L3"), "threat.norm", ["'Linf'", "'L2'", "'L3'"]),
+    ("eps-negative", _set(("threat", "eps"), -0.1), "threat.eps", ["greater than 0"]),
+    ("top-level-typo", lambda d: d.update(seed=0), "seed", ["unknown field 'seed'", "allowed fields", "seeds", "votes"]),
+    ("subset-typo", _set(("dataset", "subset", "count"), 3), "dataset.subset.count", ["allowed fields", "size", "take"]),
+    ("take-too-large", _set(("dataset", "subset", "take"), 1000), "dataset.subset", ["at most size (512)"]),
+    ("defense-type", _set(("defenses", 1, "type"), "lowpas"), "defenses[1].type", ["Did you mean 'lowpass'", "Registered:"]),
+    ("attack-param-name", _set(("attacks", 0, "stepz"), 3), "attacks[0].stepz", ["no parameter 'stepz'", "allowed:", "steps", "step_size"]),
+    ("attack-param-type", _set(("attacks", 0, "steps"), "many"), "attacks[0].steps", ["expects int", "'many'"]),
+    ("defense-param-type", _set(("defenses", 1, "cutoff"), "wide"), "defenses[1].cutoff", ["expects float"]),
+    ("precision", lambda d: d.update(precision="fp64"), "precision", ["'fp32'", "'bf16'", "'fp16'"]),
+    ("gpu-fallback", lambda d: d.update(resources={"gpus": 1, "gpu_fallback": "maybe"}), "resources.gpu_fallback", ["'error'", "'cpu'"]),
+    ("setting", _set(("attacks", 1, "setting"), "whitebox"), "attacks[1].setting", ["'adaptive'", "'oblivious'"]),
+    ("gradient-literal", _set(("attacks", 0, "gradient"), "exact"), "attacks[0].gradient", ["'full'", "'surrogate'", "'bpda'"]),
+    ("gradient-forced", _set(("attacks", 1, "gradient"), "full"), "attacks[1].gradient", ["always uses 'bpda'"]),
+    ("gradient-oblivious", _append("attacks", {"name": "o", "type": "pgd-eot", "setting": "oblivious", "gradient": "bpda"}),
+     "attacks[2].gradient", ["bare classifier", "setting: adaptive"]),
+    ("duplicate-defense", _append("defenses", {"name": "lp", "type": "lowpass", "cutoff": 8}), "defenses[2].name", ["'lp'", "defenses[1]", "`name:`"]),
+    ("duplicate-attack", _append("attacks", {"type": "pgd-eot", "steps": 5}), "attacks[2].name", ["'pgd-eot'", "attacks[0]", "`name:`"]),
+    ("cell-name-pipe", _set(("defenses", 1, "name"), "lp|12"), "defenses[1].name", ["must not contain '|'"]),
+    ("empty-name", lambda d: d.update(name=""), "name", ["at least 1 character"]),
+    ("votes-zero", lambda d: d.update(votes=0), "votes", ["greater than 0"]),
+    ("votes-bool", lambda d: d.update(votes=True), "votes", ["valid integer"]),
+    ("seeds-repeated", lambda d: d.update(seeds=[0, 0]), "seeds", ["distinct", "[0]"]),
+    ("seed-type", lambda d: d.update(seeds=[0, "one"]), "seeds[1]", ["valid integer"]),
+    ("classifier", lambda d: d.update(classifier="resnet21"), "classifier.name", ["Did you mean", "'resnet20'"]),
+    ("classifier-param", lambda d: d.update(classifier={"name": "resnet20", "depth": 3}), "classifier", ["'depth'", "allowed:", "checkpoint"]),
+    ("dataset", _set(("dataset", "name"), "cifar11"), "dataset.name", ["'cifar10'"]),
+    ("split", _set(("dataset", "split"), "validation"), "dataset.split", ["'validation'", "allowed: test, train"]),
+    ("subset-size", _set(("dataset", "subset", "size"), 20000), "dataset.subset.size", ["10000 images", "1..10000"]),
+    ("threat-missing", lambda d: d.pop("threat"), "threat", ["required field", "name", "dataset"]),
+    ("threat-not-mapping", lambda d: d.update(threat="Linf"), "threat", ["must be a mapping", "norm", "eps"]),
+    ("defense-neither", _append("defenses", {"name": "x"}), "defenses[2]", ["exactly one of", "`type:", "`chain:"]),
+    ("nested-chain", _append("defenses", {"name": "c", "chain": [{"chain": ["none"]}]}), "defenses[2].chain[0]", ["nested chains"]),
+    ("attack-filter", _set(("attacks", 0, "defenses"), ["none", "lowpass"]), "attacks[0].defenses[1]", ["'lowpass'", "defense cells: none, lp"]),
+    ("backbone-ref", _append("defenses", {"type": "diffpure", "backbone": "scoresde"}), "defenses[2].backbone", ["'scoresde'", "defined backbones", "backbones:"]),
+    ("attack-type-missing", _set(("attacks", 0), {"steps": 3}), "attacks[0].type", ["required field", "type", "gradient", "setting"]),
+    ("shard-size", lambda d: d.update(shard_size="big"), "shard_size", ["valid integer"]),
+    ("required-param", _append("defenses", {"type": "diffpure", "t_star": 0.1}), "defenses[2].backbone", ["needs parameter 'backbone'", "t_star"]),
+    ("standard-aa-on-stochastic", lambda d: (
+        d.update(backbones={"sde": {"type": "score-sde", "checkpoint": "ck.pth"}}),
+        d["defenses"].append({"type": "diffpure", "backbone": "sde"}),
+        d["attacks"].append({"type": "autoattack", "version": "standard"})),
+     "attacks[2].defenses", ["'diffpure' is stochastic", "version: rand", "`defenses:"]),
+]
+
+
+@pytest.mark.parametrize("mutation,field,allowed", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_job_names_file_field_and_allowed_values(tmp_path, mutation, field, allowed):
+    path = write(tmp_path / "bad.yaml", mutate(mutation))
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    err = info.value
+    assert err.path == str(path)
+    assert err.field == field, err
+    for text in allowed:
+        assert text in err.message, (text, err.message)
+    assert str(path) in str(err) and field in str(err)
+
+
+def test_enough_distinct_bad_inputs():
+    assert len({b[2] for b in BAD}) >= 15 and len({b[0] for b in BAD}) == len(BAD)
+
+
+def test_standard_autoattack_restricted_to_deterministic_cells(tmp_path):
+    data = mutate(lambda d: (d.update(backbones={"sde": {"type": "score-sde", "checkpoint": "ck.pth"}}),
+                             d["defenses"].append({"type": "diffpure", "backbone": "sde"}),
+                             d["attacks"].append({"type": "autoattack", "version": "standard", "defenses": ["none", "lp"]})))
+    spec = load_job(write(tmp_path / "j.yaml", data))
+    assert spec.attack_cells()[2][1].defenses == ["none", "lp"]
+
+
+def test_gradient_mode_not_offered(tmp_path, bpda_only):
+    data = mutate(_append("defenses", "test-bpda-only"))
+    data["attacks"][0]["gradient"] = "full"
+    path = write(tmp_path / "job.yaml", data)
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert info.value.field == "attacks[0].gradient"
+    assert "test-bpda-only" in info.value.message and "allowed: bpda" in info.value.message
+
+
+def test_unset_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("BENCH_TEST_UNSET", raising=False)
+    path = write(tmp_path / "job.yaml", mutate(lambda d: d.update(name="${BENCH_TEST_UNSET}")))
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert (info.value.field, info.value.path) == ("name", str(path))
+    assert "BENCH_TEST_UNSET" in info.value.message and "${BENCH_TEST_UNSET:-default}" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("name: [unclosed\n", "not valid YAML"), ("- just\n- a list\n", "must be a YAML mapping")],
+)
+def test_file_level_errors(tmp_path, text, expected):
+    path = write(tmp_path / "job.yaml", text)
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert info.value.path == str(path) and info.value.field == "" and expected in info.value.message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(JobSpecError, match="file not found"):
+        load_job(tmp_path / "nope.yaml")
+
+
+def test_base_cycle_is_detected(tmp_path):
+    write(tmp_path / "a.yaml", {"base": "b.yaml", "votes": 2})
+    write(tmp_path / "b.yaml", {"base": "a.yaml", "votes": 3})
+    with pytest.raises(JobSpecError) as info:
+        load_job(tmp_path / "a.yaml")
+    assert info.value.field == "base" and "cycle" in info.value.message
+    assert "a.yaml" in info.value.message and "b.yaml" in info.value.message
+
+
+def test_missing_base_file(tmp_path):
+    path = write(tmp_path / "v.yaml", {"base": "nowhere.yaml"})
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert (info.value.path, info.value.field) == (str(path), "base") and "does not exist" in info.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# good input
+# ---------------------------------------------------------------------------------------------
+def test_spec7_example_parses_as_written(tmp_path):
+    spec = load_job(write(tmp_path / "cifar10.yaml", SPEC7_EXAMPLE), check_plugins=False)
+    assert spec.threat.eps == 8 / 255 and spec.threat.norm == "Linf"
+    assert spec.classifier.name == "robustbench:Standard" and spec.classifier.registry_name == "robustbench"
+    names = [name for name, _ in spec.defense_cells()]
+    assert names == ["none", "lowpass-k12", "diffpure", "freqpure", "irad", "irad+diffpure", "sar"]
+    cells = dict(spec.defense_cells())
+    backbone = {"type": "score-sde", "checkpoint": "models/checkpoint_8.pth"}
+    assert cells["diffpure"]["params"]["backbone"] == backbone
+    assert cells["irad+diffpure"] == {
+        "type": "chain",
+        "params": {"parts": [{"type": "diffpure", "t_star": 0.02, "backbone": backbone}, {"type": "irad"}]},
+    }
+    attacks = spec.attack_cells()
+    assert [a[0] for a in attacks] == ["pgd-eot", "bpda-eot", "autoattack", "pgd-eot-oblivious"]
+    assert attacks[1][2]["params"] == {"norm": "Linf", "eps": 8 / 255, "steps": 100, "step_size": 2 / 255, "eot": 15}
+    assert attacks[3][1].setting == "oblivious" and attacks[0][1].gradient == "surrogate"
+    assert (spec.resources.gpus, spec.resources.cpus, spec.votes, spec.shard_size) == (1, 4, 10, 64)
+
+
+def test_spec7_example_validates_against_the_registries(tmp_path):
+    """Every plugin, parameter and gradient mode of the SPEC §7 example checks out (nothing built)."""
+    spec = load_job(write(tmp_path / "cifar10.yaml", SPEC7_EXAMPLE))
+    assert len(spec.defense_cells()) == 7 and len(spec.attack_cells()) == 4
+
+
+def test_base_file_override(tmp_path):
+    write(tmp_path / "base.yaml", GOOD)
+    (tmp_path / "variants").mkdir()
+    variant = write(
+        tmp_path / "variants" / "l2.yaml",
+        {"base": "../base.yaml", "name": "l2", "threat": {"norm": "L2", "eps": 0.5}, "votes": 7,
+         "dataset": {"subset": {"take": 4}}, "defenses": ["none"]},
+    )
+    spec = load_job(variant)
+    assert spec.name == "l2" and spec.votes == 7
+    assert (spec.threat.norm, spec.threat.eps) == ("L2", 0.5)
+    # mappings merge key by key, lists are replaced
+    assert (spec.dataset.subset.size, spec.dataset.subset.seed, spec.dataset.subset.take) == (512, 0, 4)
+    assert [n for n, _ in spec.defense_cells()] == ["none"]
+    assert [n for n, *_ in spec.attack_cells()] == ["pgd-eot", "bpda-eot"]  # inherited
+    assert spec.attack_cells()[0][2]["params"]["norm"] == "L2"
+
+
+def test_deep_merge_does_not_alias():
+    base = {"a": {"b": [1]}, "c": 1}
+    merged = deep_merge(base, {"a": {"d": 2}})
+    merged["a"]["b"].append(9)
+    assert base == {"a": {"b": [1]}, "c": 1} and merged["a"]["d"] == 2
+
+
+@pytest.mark.parametrize(
+    "raw,value",
+    [("8/255", 8 / 255), ("1/2", 0.5), (" 4 / 255 ", 4 / 255), ("2.5/10", 0.25), ("1e-3", 1e-3), (0.007, 0.007)],
+)
+def test_fractions_and_exponents(tmp_path, raw, value):
+    spec = load_job(write(tmp_path / "j.yaml", mutate(_set(("attacks", 0, "step_size"), raw))))
+    assert spec.attack_cells()[0][2]["params"]["step_size"] == value
+
+
+def test_fraction_in_yaml_text(tmp_path):
+    text = yaml.safe_dump(GOOD).replace("8/255", "16/255")
+    spec = load_job(write(tmp_path / "j.yaml", text))
+    assert spec.threat.eps == 16 / 255
+
+
+def test_environment_variables(tmp_path, monkeypatch):
+    data = mutate(lambda d: d.update(name="run-${BENCH_TEST_USER}", shard_size="${BENCH_TEST_SHARD:-2}",
+                                     threat={"norm": "${BENCH_TEST_NORM:-Linf}", "eps": "${BENCH_TEST_EPS:-4/255}"}))
+    path = write(tmp_path / "j.yaml", data)
+    monkeypatch.setenv("BENCH_TEST_USER", "alice")
+    monkeypatch.delenv("BENCH_TEST_SHARD", raising=False)
+    monkeypatch.delenv("BENCH_TEST_NORM", raising=False)
+    monkeypatch.setenv("BENCH_TEST_EPS", "0.5")
+    spec = load_job(path)
+    assert spec.name == "run-alice" and spec.shard_size == 2  # default typed as an int
+    assert (spec.threat.norm, spec.threat.eps) == ("Linf", 0.5)
+    monkeypatch.delenv("BENCH_TEST_EPS")
+    assert load_job(path).threat.eps == 4 / 255  # a default may be a fraction
+
+
+def test_defaults_and_cell_names(tmp_path):
+    data = mutate(lambda d: d["attacks"].append({"type": "pgd-eot", "setting": "oblivious", "steps": 2}))
+    data["defenses"].append({"chain": ["none", {"type": "lowpass", "cutoff": 8}]})
+    spec = load_job(write(tmp_path / "j.yaml", data))
+    assert (spec.votes, spec.precision, spec.resources.gpus, spec.resources.gpu_fallback) == (3, "fp32", 0, "error")
+    assert [n for n, _ in spec.defense_cells()] == ["none", "lp", "none+lowpass"]
+    assert [n for n, *_ in spec.attack_cells()] == ["pgd-eot", "bpda-eot", "pgd-eot-oblivious"]
+    # threat goes into every attack unless the entry overrides it
+    over = load_job(write(tmp_path / "o.yaml", mutate(_set(("attacks", 0, "eps"), "4/255"))))
+    assert over.attack_cells()[0][2]["params"]["eps"] == 4 / 255
+    assert over.attack_cells()[1][2]["params"]["eps"] == 8 / 255
+
+
+@pytest.mark.parametrize("job", ["demo.yaml", "cifar10.yaml"])
+def test_shipped_job_files_validate(job):
+    spec = load_job(REPO / "jobs" / job)
+    assert spec.threat.eps == 8 / 255 and spec.classifier.name
