@@ -9,7 +9,9 @@ directory, so nothing is skipped), and reports:
   with Ray's start-up shown separately (it is paid once per ``bench submit``);
 - speed-up of 2 workers over 1 = submit wall time with 1 CPU ÷ with 2 CPUs;
 - attack efficiency per PGD-EOT / BPDA+EOT cell = achieved time ÷ (attacked images × steps × EOT
-  draws × t_fb), with t_fb the classifier's best forward+backward time per image, measured here over
+  draws × t_fb) — EOT draws as the attack makes them (1 against a deterministic defense or in the
+  oblivious setting, where all draws would be identical), with t_fb the classifier's best
+  forward+backward time per image, measured here (wall and process CPU time) over
   batch sizes 16..512 with one thread (what a Ray worker with ``num_cpus=1`` gets). 1.0 would mean
   the attack costs only its gradient evaluations; the rest is clean/vote evaluation, the defense,
   chunking and Python overhead.
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 from bench import scheduler
-from bench.spec import load_job
+from bench.spec import defense_is_stochastic, load_job
 from bench.store import ResultStore
 from bench.tasks import expand_tasks
 from bench.worker import build_classifier
@@ -120,7 +122,7 @@ def main() -> None:
           f"(batch {best_bs}), {1e3 * t_fb_cpu:.3f} ms/image CPU (batch {best_bs_cpu})")
     print("efficiency = achieved / (attacked images x steps x EOT x best forward+backward per image); wall uses "
           "wall clocks, CPU uses the worker's process CPU time (robust to other load on the machine)\n")
-    print("| defense | attack | seed | attacked | steps x EOT | achieved wall (s) | ideal wall (s) | wall ratio "
+    print("| defense | attack | seed | attacked | steps x draws | achieved wall (s) | ideal wall (s) | wall ratio "
           "| achieved CPU (s) | ideal CPU (s) | CPU ratio |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     totals = [0.0, 0.0, 0.0, 0.0]
@@ -129,15 +131,25 @@ def main() -> None:
         if task.payload["attack"]["type"] not in ("pgd-eot", "bpda-eot") or "steps" not in params:
             continue
         n = int(one["attacked"].get(task.task_id, 0))
-        work = n * params["steps"] * params.get("eot", 1)
+        work = n * params["steps"] * draws(task)
         wall, cpu = one["tasks"][task.task_id]
         cpu = cpu or 0.0
         ideal, ideal_cpu = work * t_fb, work * t_fb_cpu
         totals = [totals[0] + wall, totals[1] + ideal, totals[2] + cpu, totals[3] + ideal_cpu]
-        print(f"| {task.defense} | {task.attack} | {task.seed} | {n} | {params['steps']} x {params.get('eot', 1)} | "
+        print(f"| {task.defense} | {task.attack} | {task.seed} | {n} | {params['steps']} x {draws(task)} | "
               f"{wall:.2f} | {ideal:.2f} | {_ratio(wall, ideal)} | {cpu:.2f} | {ideal_cpu:.2f} | {_ratio(cpu, ideal_cpu)} |")
     print(f"| **all** | | | | | {totals[0]:.2f} | {totals[1]:.2f} | {_ratio(totals[0], totals[1])} | "
           f"{totals[2]:.2f} | {totals[3]:.2f} | {_ratio(totals[2], totals[3])} |")
+
+
+def draws(task) -> int:
+    """EOT draws the attack really makes: its ``eot`` against a stochastic defense, 1 otherwise
+    (PGD-EOT / BPDA+EOT skip identical draws of a deterministic model, and an oblivious attack
+    sees the bare classifier)."""
+    eot = int(task.payload["attack"].get("params", {}).get("eot", 1))
+    if task.payload.get("setting") == "oblivious" or not defense_is_stochastic(task.payload["defense"]["config"]):
+        return 1
+    return eot
 
 
 def _ratio(achieved: float, ideal: float) -> str:

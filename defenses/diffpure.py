@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torchsde
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from bench.registry import DEFENSES
 from defenses.base import Defense
@@ -35,7 +36,10 @@ class _ReverseVPSDE(nn.Module):
 
     Forward: ``dx = -b(t)/2 x dt + sqrt(b(t)) dW``. Reverse (Anderson 1982):
     ``dx = [-b/2 x - b score] dt + sqrt(b) dW_bar`` with ``score = -eps / std(t)``; in ``s = -t`` the
-    drift changes sign. torchsde wants (batch, d) states, hence the flatten/view.
+    drift changes sign. torchsde wants (batch, d) states, hence the flatten/view. When a graph is
+    built the whole drift is checkpointed (only the state is kept per step) and the noise term is
+    ``g_prod`` times a Python float, which keeps nothing either: ``full`` gradients through the ~100
+    Euler steps store about one state per step.
     """
 
     noise_type = "diagonal"
@@ -46,17 +50,24 @@ class _ReverseVPSDE(nn.Module):
         self.model, self.shape, self.use_checkpoint = model, shape, use_checkpoint
         self.schedule = model.schedule
 
-    def f(self, s: Tensor, y: Tensor) -> Tensor:
-        t = -s
+    def _drift(self, t: float, y: Tensor) -> Tensor:
         x = y.view(self.shape)
         # score-SDE convention: continuous time t is labelled (N - 1) t (999 t for 1000 steps)
-        eps = predict_eps(self.model, x, float(t) * (self.schedule.num_steps - 1), self.use_checkpoint)
-        beta = self.schedule.beta_continuous(float(t))
-        score = -eps / self.schedule.std_continuous(float(t))
+        eps = predict_eps(self.model, x, t * (self.schedule.num_steps - 1))
+        beta = self.schedule.beta_continuous(t)
+        score = -eps / self.schedule.std_continuous(t)
         return (0.5 * beta * x + beta * score).flatten(1)
 
+    def f(self, s: Tensor, y: Tensor) -> Tensor:
+        if self.use_checkpoint and torch.is_grad_enabled() and y.requires_grad:
+            return checkpoint(self._drift, -float(s), y, use_reentrant=False)
+        return self._drift(-float(s), y)
+
     def g(self, s: Tensor, y: Tensor) -> Tensor:
-        return torch.full_like(y, math.sqrt(self.schedule.beta_continuous(float(-s))))
+        return torch.full_like(y, math.sqrt(self.schedule.beta_continuous(-float(s))))
+
+    def g_prod(self, s: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        return math.sqrt(self.schedule.beta_continuous(-float(s))) * v
 
 
 @DEFENSES.register("diffpure")
@@ -155,7 +166,9 @@ class DiffPure(Defense):
             return to_unit(reverse_loop(self.model, x_t, self.indices, 1.0, generator, None, self.checkpointing))
         sde = _ReverseVPSDE(self.model, x_t.shape, self.checkpointing)
         ts = torch.tensor([-self.t_star, -self.t_min], device=x.device, dtype=x.dtype)
-        entropy = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else x.device))
+        # torchsde seeds its Brownian path from an integer; draw it from the call's generator
+        gen_device = generator.device if generator is not None else x.device
+        entropy = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device))
         bm = torchsde.BrownianInterval(
             t0=ts[0], t1=ts[1], size=(x.shape[0], x[0].numel()), dtype=x.dtype, device=x.device, entropy=entropy
         )
@@ -168,4 +181,7 @@ class DiffPure(Defense):
         return to_unit(reverse_loop(self.model, x_t, self.surrogate_indices, 1.0, generator, None, self.checkpointing))
 
     def extra_repr(self) -> str:
-        return f"t_star={self.t_star}, solver={self.solver}, cost={self.cost():g}, surrogate_steps={len(self.surrogate_indices)}"
+        return (
+            f"t_star={self.t_star}, solver={self.solver}, cost={self.cost():g}, "
+            f"surrogate_steps={len(self.surrogate_indices)}"
+        )

@@ -144,7 +144,11 @@ class IRAD(Defense):
         self.samplenet = net.eval().requires_grad_(False)
 
     def resample(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(purified, shift)``: the purified images (N,3,H,W) and SampleNet's shifts (N,H*W,2)."""
+        """``(purified, shift)``: the purified images (N,3,H,W) and SampleNet's shifts (N,H*W,2).
+
+        Queries are row-major, so the output is reshaped as (N, H, W, 3); the authors' code writes
+        ``view(N, W, H, 3)``, the same for their square images.
+        """
         n, _, h, w = x.shape
         coord, cell = pixel_queries(n, h, w, x.device, x.dtype)
         shift = self.samplenet(x, coord, cell)  # SampleNet sees [0,1] input (authors' forward)

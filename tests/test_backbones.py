@@ -25,6 +25,7 @@ def tiny_unet(out_channels: int = 3):
     ).eval()
 
 
+@pytest.mark.slow  # the first `import diffusers` of a process takes 5-20 s (package scanning)
 def test_diffusers_round_trip_matches_diffusers(tmp_path):
     unet = tiny_unet()
     unet.save_pretrained(tmp_path / "pipe" / "unet")

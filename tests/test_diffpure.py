@@ -167,3 +167,16 @@ def test_bad_parameters_name_the_allowed_values():
         DiffPure(backbone=TinyEps(), t_star=1.5)
     with pytest.raises(ValueError, match="reverse steps"):
         DiffPure(backbone=TinyEps(), t_star=0.005, surrogate_steps=10)
+
+
+@pytest.mark.parametrize("solver", ["sde", "ddpm"])
+def test_checkpointing_changes_memory_not_gradients(solver):
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(4))
+    weights = torch.linspace(-1, 1, x.numel()).view_as(x)
+    grads = []
+    for checkpointing in (True, False):
+        d = DiffPure(backbone=TinyEps(), solver=solver, t_star=0.02, checkpointing=checkpointing)
+        x_in = x.clone().requires_grad_(True)
+        out = d.purify(x_in, torch.Generator().manual_seed(0))
+        grads.append(torch.autograd.grad((out * weights).sum(), x_in)[0])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -38,7 +39,8 @@ def test_training_reduces_the_loss_on_a_fixed_batch(data_dir):
     images = real_images(data_dir)
     torch.manual_seed(0)
     before = fixed_loss(build_small_unet(TINY), images)
-    config = DenoiserConfig(batch_size=8, max_steps=30, minutes=None, lr=5e-3, warmup=5, ema_decay=0.8, model=TINY)
+    config = DenoiserConfig(batch_size=8, max_steps=30, minutes=None, lr=5e-3, warmup=5, ema_decay=0.8, model=TINY,
+                            weighting="eps")
     result = train_denoiser(None, config, images=images)
     after = fixed_loss(result.model, images)
     assert result.steps == 30 and len(result.losses) == 30
@@ -92,6 +94,28 @@ def test_noise_levels_stay_below_t_max():
     assert t.min() == 0 and t.max() == 7  # inclusive range, nothing above
     x_t, eps = noisy_batch(x0, torch.full((4,), 999), abar, gen)
     assert torch.allclose(x_t, abar[999].sqrt().float() * x0 + (1 - abar[999]).sqrt().float() * eps)
+
+
+def test_min_snr_weighting_closed_form():
+    abar = VPSchedule().alphas_cumprod()
+    x0 = sample_batch(torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8), 6, flip=False, generator=make_generator(1))
+    calls = []
+
+    class Echo(torch.nn.Module):  # predicts eps_hat = x_t and records what it saw
+        def forward(self, x_t, t):
+            calls.append((x_t, t.long()))
+            return x_t
+
+    for weighting in ("eps", "min-snr"):
+        loss = eps_loss(Echo(), x0, 100, abar, make_generator(5), weighting=weighting, snr_gamma=5.0)
+        x_t, t = calls[-1]
+        a = abar[t].float().view(-1, 1, 1, 1)
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()  # the noise, recovered from the forward process
+        per_sample = (x_t - eps).pow(2).flatten(1).mean(1)
+        snr = (abar[t] / (1 - abar[t])).float()
+        weight = torch.ones_like(snr) if weighting == "eps" else torch.minimum(snr, torch.tensor(5.0)) / snr
+        assert loss.item() == pytest.approx((weight * per_sample).mean().item(), rel=1e-5)
+    assert (snr > 5).all()  # for t <= 100 every level is clipped: weight = 5 / SNR, the x0-space MSE
 
 
 def test_command_warns_about_test_images_and_records_them(tmp_path, data_dir):

@@ -44,7 +44,7 @@ def test_training_steps_reduce_the_sar_objective(pool) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     before = _objective(model, x, y, config)
     gen = make_generator(0)
-    for _ in range(5):
+    for _ in range(3):
         stats = sar_step(model, optimizer, x, y, config, gen, use_sar=True)
         assert stats["sar"] > 0 and stats["loss"] > stats["ce"]
     after = _objective(model, x, y, config)

@@ -1,7 +1,9 @@
 """SAR / SARWA: PGD adversarial training with Spectral Alignment Regularisation (SPEC §2.5).
 
 Paper: "A Spectral Perspective towards Understanding and Improving Adversarial Robustness"
-(papers/sar.txt; the same authors' "Frequency Regularization", arXiv:2212.12732). The loss is
+(papers/sar.txt); the authors' public code is github.com/Harr7y/FR-Frequency_Regularization (the
+method's workshop name, "Frequency Regularization"; read for the FFT axis and the L1 reduction, not
+copied). The loss is
 
     L = CE(f2(x_adv), y) + lambda * L1(F(f1(x)), F(f2(x_adv)))
 
@@ -360,8 +362,9 @@ def train_sar(config: SARConfig, images: Tensor, labels: Tensor, out: str | Path
     Args:
         config: The recipe (defaults = the paper's).
         images: (N,3,H,W) float in [0,1]; labels: (N,) int64.
-        out: Classifier checkpoint path (written after every epoch and at the end); the resumable
-            state goes to ``state_path(out)``. None: nothing is written (tests).
+        out: Classifier checkpoint path, written when the call ends (finished or stopped by
+            ``minutes``); the resumable state goes to ``state_path(out)`` after every epoch. None:
+            nothing is written (tests).
         init: ``"pretrained"`` (the architecture's own pretrained weights) or a weights file to
             fine-tune from; None: random initialisation. Ignored when resuming.
         resume: Continue from ``state_path(out)`` if it exists (same epoch count, optimiser,
@@ -413,19 +416,16 @@ def train_sar(config: SARConfig, images: Tensor, labels: Tensor, out: str | Path
     batches = math.ceil(n / config.batch_size)
     stopped = False
 
-    def save(finished: bool) -> None:
-        if out is None:
-            return
-        seconds = elapsed_before + time.monotonic() - start
-        meta = {**(metadata or {}), "epochs_done": epoch, "batch_in_epoch": batch_start, "finished": finished,
-                "seconds": seconds, "history": history}
-        _save_atomic(classifier_checkpoint(model, config, meta), Path(out))
-        _save_atomic({
-            "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "weight_average": averager.averaged.state_dict() if averager is not None else None,
-            "epoch": epoch, "batch": batch_start, "seconds": seconds, "history": history,
-        }, state_file)
+    def save_state() -> None:
+        """The resumable state, after every epoch (and when stopped): a killed run loses at most one epoch."""
+        if out is not None:
+            _save_atomic({
+                "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "weight_average": averager.averaged.state_dict() if averager is not None else None,
+                "epoch": epoch, "batch": batch_start, "seconds": elapsed_before + time.monotonic() - start,
+                "history": history,
+            }, state_file)
 
     while epoch < config.epochs and not stopped:
         use_sar = epoch >= config.sar_start_epoch
@@ -468,14 +468,21 @@ def train_sar(config: SARConfig, images: Tensor, labels: Tensor, out: str | Path
                         **{k: v / max(done, 1.0) for k, v in sums.items()}})
         epoch, batch_start = epoch + 1, 0
         scheduler.step()
-        save(finished=epoch >= config.epochs)
+        save_state()
         if minutes is not None and time.monotonic() - start > 60 * minutes:
             stopped = epoch < config.epochs
-    if stopped:
-        save(finished=False)
+    seconds = elapsed_before + time.monotonic() - start
+    finished = epoch >= config.epochs
+    if out is not None:
+        if stopped:
+            save_state()
+        # The classifier file appears only when a call ends (finished, or stopped by the budget), so a
+        # killed run leaves no half-trained classifier behind, only the state to resume from.
+        meta = {**(metadata or {}), "epochs_done": epoch, "batch_in_epoch": batch_start, "finished": finished,
+                "seconds": seconds, "history": history}
+        _save_atomic(classifier_checkpoint(model, config, meta), Path(out))
     model.eval()
-    return TrainResult(model=model, epochs_done=epoch, finished=epoch >= config.epochs,
-                       seconds=elapsed_before + time.monotonic() - start, history=history)
+    return TrainResult(model=model, epochs_done=epoch, finished=finished, seconds=seconds, history=history)
 
 
 def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, step_size: float = 2 / 255,

@@ -82,15 +82,9 @@ def diffuse(x_d: Tensor, abar: float, generator: torch.Generator | None) -> Tens
     return math.sqrt(abar) * x_d + math.sqrt(1.0 - abar) * randn_like(x_d, generator)
 
 
-def predict_eps(model: NoisePredictor, x: Tensor, t_label: float, use_checkpoint: bool) -> Tensor:
-    """``model(x, t_label)`` with the label broadcast to the batch; checkpointed when asked.
-
-    Checkpointing keeps only the step's input and recomputes the network's activations during the
-    backward pass, so ``full`` gradients through ~100 steps fit in memory (Chen et al. 2016).
-    """
+def predict_eps(model: NoisePredictor, x: Tensor, t_label: float) -> Tensor:
+    """``model(x, t_label)`` with the scalar time label broadcast to the batch."""
     label = torch.full((x.shape[0],), float(t_label), device=x.device, dtype=x.dtype)
-    if use_checkpoint and torch.is_grad_enabled() and x.requires_grad:
-        return checkpoint(model, x, label, use_reentrant=False)
     return model(x, label)
 
 
@@ -113,7 +107,7 @@ def _reverse_step(
     z: Tensor | None,
 ) -> Tensor:
     """One generalised step from index ``t``; ``z`` is the step's noise (drawn by the caller)."""
-    eps = predict_eps(model, x, t, use_checkpoint=False)
+    eps = predict_eps(model, x, t)
     x0 = (x - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
     if edit_x0 is not None:
         x0 = edit_x0(x0)
@@ -142,7 +136,8 @@ def reverse_loop(
         use_checkpoint: When a graph is built, checkpoint each whole step (network, edit, update):
             only the step's input and noise are kept and the rest is recomputed in the backward
             pass, so ``full`` gradients through ~100 steps of large EOT batches fit in memory. The
-            noise is drawn outside the checkpoint, so the recomputation sees the same draw.
+            noise is drawn outside the checkpoint, so the recomputation sees the same draw
+            (Chen et al. 2016, arXiv:1604.06174).
     """
     abar = model.schedule.alphas_cumprod().tolist()
     x = x_t
