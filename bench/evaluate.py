@@ -16,7 +16,9 @@ Protocol (SPEC §3, §4):
    defense is skipped while crafting, kept for the decision).
 4. Adversarial decision: K purifications of the adversarial image through the real defense.
 
-Randomness: four independent ``RngStream``s of (seed, task_id): ``clean-votes``, ``attack-defense``
+Randomness: four independent ``RngStream``s: ``clean-votes`` of (seed, clean_key) — the same for
+every attack cell of a defense, so its clean decision does not depend on the attack — and, of
+(seed, task_id), ``attack-defense``
 (defense noise seen by the attack), ``attack`` (the attack's own draws: random start, AutoAttack
 seed) and ``adv-votes``. Changing the attack therefore never changes the clean decision.
 
@@ -115,6 +117,7 @@ def evaluate_shard(
     batch_size: int = 128,
     precision: str = "fp32",
     save_adversarial: bool = False,
+    clean_key: str | None = None,
 ) -> ShardResult:
     """Evaluate one (defense, attack, seed) cell on one shard of images.
 
@@ -137,6 +140,8 @@ def evaluate_shard(
         batch_size: Images (or image copies) per forward for votes and per attack call. Default 128.
         precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA only). Default ``fp32``.
         save_adversarial: Return the adversarial images. Default False.
+        clean_key: Derivation key of the clean votes' randomness; cells of one defense that share
+            it share their clean decision (``bench.tasks.clean_key``). Default: ``task_id``.
 
     Returns:
         :class:`ShardResult`.
@@ -151,17 +156,17 @@ def evaluate_shard(
     mode = "oblivious" if setting == "oblivious" else (attack.forced_gradient or gradient)
     recorded_gradient = "full" if setting == "oblivious" else mode
 
-    def defended(stream: str, model_mode: str) -> DefendedModel:
+    def defended(stream: str, model_mode: str, key: str = task_id) -> DefendedModel:
         # eval() on the wrapper too: helpers that restore the caller's train/eval flag
         # (predict_with_votes, the AutoAttack wrapper) must restore eval, or BatchNorm layers of a
         # cached classifier would switch to batch statistics and overwrite their running averages.
-        model = DefendedModel(classifier, defense, model_mode, RngStream(seed, task_id, stream))
+        model = DefendedModel(classifier, defense, model_mode, RngStream(seed, key, stream))
         return model.eval()
 
     with autocast(precision, device):
         # 1. clean decision by K votes (the vote model's mode is irrelevant: voting uses purify)
         start = time.perf_counter()
-        clean_model = defended("clean-votes", "bpda")
+        clean_model = defended("clean-votes", "bpda", clean_key or task_id)
         clean_pred, clean_votes = predict_with_votes(clean_model, x, votes, batch_size)
         clean_votes = _k_votes(clean_votes, votes)
         t_clean = time.perf_counter() - start

@@ -83,6 +83,18 @@ def image_ids(spec: "JobSpec", data_dir: str | os.PathLike | None = None) -> lis
     return ids[: ds.subset.take] if ds.subset.take is not None else ids
 
 
+def clean_key(common: dict[str, Any], defense_config: Any, seed: int, shard_ids: tuple[int, ...]) -> str:
+    """Key of the clean-decision randomness: what decides the clean votes and nothing else.
+
+    The clean decision of a stochastic defense on (seed, image) must not depend on which attack
+    runs after it, or one defense would show a different standard accuracy in every attack row
+    and the worst case over attacks would mix clean decisions. So the attack and the threat model
+    are left out.
+    """
+    clean = {k: v for k, v in common.items() if k != "threat"}
+    return content_id({**clean, "defense": defense_config, "seed": seed, "image_ids": list(shard_ids)})
+
+
 def expand_tasks(spec: "JobSpec", *, data_dir: str | os.PathLike | None = None) -> list[Task]:
     """One task per defense cell x attack cell x seed x image shard.
 
@@ -134,6 +146,7 @@ def expand_tasks(spec: "JobSpec", *, data_dir: str | os.PathLike | None = None) 
                     identity = {**cell, "seed": seed, "image_ids": list(shard_ids)}
                     payload = {
                         **identity,
+                        "clean_key": clean_key(common, defense_config, seed, shard_ids),
                         "save_adversarial": spec.save_adversarial,
                         "download": spec.dataset.download,
                     }

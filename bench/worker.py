@@ -150,4 +150,5 @@ def run_task(task: Task, *, data_dir: str | os.PathLike | None = None, model_dir
         batch_size=p["batch_size"],
         precision=p["precision"],
         save_adversarial=p["save_adversarial"],
+        clean_key=p.get("clean_key"),
     )

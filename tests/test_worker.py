@@ -127,3 +127,23 @@ def test_threads_follow_the_task_cpus():
         assert use_cpu_threads(2) == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_clean_decision_of_a_stochastic_defense_does_not_depend_on_the_attack(data_dir):
+    """Every attack cell of one defense shares its clean votes (per seed and image): otherwise the
+    standard accuracy of a defense would differ between attack rows of the leaderboard."""
+    import noisy_defense  # noqa: F401  (registers "noisy")
+
+    job = copy.deepcopy(JOB)
+    job.update(seeds=[0, 1], votes=3, save_adversarial=False,
+               defenses=[{"name": "noisy", "type": "noisy", "sigma": 0.6}])
+    tasks = [t for t in expand_tasks(parse_job(job, "worker.yaml")) if t.shard == 0]
+    worker.clear_caches()
+    clean = {}
+    for task in tasks:
+        table = worker.run_task(task, data_dir=data_dir).table
+        clean.setdefault(task.seed, []).append((table["clean_pred"].to_pylist(), table["clean_votes"].to_pylist()))
+    for seed, outcomes in clean.items():
+        assert len(outcomes) == 2 and outcomes[0] == outcomes[1], f"seed {seed}: clean votes differ between attacks"
+    # ...while the seed still changes the draws (sigma 0.6 makes 3 votes on 3 images disagree)
+    assert clean[0][0][1] != clean[1][0][1]
