@@ -184,7 +184,29 @@ def decode_local_ensemble(feat: Tensor, imnet: MLP, coord: Tensor, cell: Tensor)
     return sum(pred * (area / total).unsqueeze(-1) for pred, area in zip(preds, reversed(areas)))
 
 
-class LIIF(nn.Module):
+class LocalImplicitDecoder(nn.Module):
+    """An EDSR-baseline encoder + an MLP decoded at query points with the 4-neighbour local ensemble.
+
+    LIIF (RGB out) and SampleNet (2-D shift out) are this network with a different output width;
+    the parameter names (``encoder.*``, ``imnet.layers.*``) are those of the authors' files.
+    """
+
+    out_dim: int
+
+    def __init__(self, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0,
+                 hidden: Sequence[int] = (256, 256, 256, 256)) -> None:
+        super().__init__()
+        self.config = {"n_resblocks": n_resblocks, "n_feats": n_feats, "res_scale": res_scale,
+                       "hidden": list(hidden)}
+        self.encoder = EDSRBaseline(n_resblocks, n_feats, res_scale)
+        self.imnet = MLP(9 * n_feats + 4, self.out_dim, hidden)
+
+    def forward(self, x: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
+        """``x`` (N,3,H,W), ``coord``/``cell`` (N,Q,2) -> (N,Q,out_dim)."""
+        return decode_local_ensemble(self.encoder(x), self.imnet, coord, cell)
+
+
+class LIIF(LocalImplicitDecoder):
     """Local implicit image function: image in [-1, 1] + query coordinates -> RGB in [-1, 1] scale.
 
     Args:
@@ -196,17 +218,7 @@ class LIIF(nn.Module):
     Usage: ``rgb = LIIF()(x * 2 - 1, coord, cell)`` with ``coord, cell = pixel_queries(N, H, W)``.
     """
 
-    def __init__(self, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0,
-                 hidden: Sequence[int] = (256, 256, 256, 256)) -> None:
-        super().__init__()
-        self.config = {"n_resblocks": n_resblocks, "n_feats": n_feats, "res_scale": res_scale,
-                       "hidden": list(hidden)}
-        self.encoder = EDSRBaseline(n_resblocks, n_feats, res_scale)
-        self.imnet = MLP(9 * n_feats + 4, 3, hidden)
-
-    def forward(self, x: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
-        """``x`` (N,3,H,W), ``coord``/``cell`` (N,Q,2) -> (N,Q,3)."""
-        return decode_local_ensemble(self.encoder(x), self.imnet, coord, cell)
+    out_dim = 3
 
     def spec(self) -> dict[str, Any]:
         """The authors' self-describing model spec (``{'name': 'liif', 'args': ..., 'sd': ...}``)."""
@@ -260,7 +272,7 @@ def liif_config_from_spec(spec: dict[str, Any], source: str = "model spec") -> d
     return {**enc_args, "hidden": list(imnet_args.get("hidden_list", [256, 256, 256, 256]))}
 
 
-class SampleNet(nn.Module):
+class SampleNet(LocalImplicitDecoder):
     """IRAD's SampleNet: its own (frozen in training) encoder copy + an MLP giving a 2-D shift per query.
 
     The input image is in [0, 1] (the authors feed SampleNet the raw image, unlike LIIF). The shift
@@ -271,17 +283,7 @@ class SampleNet(nn.Module):
         hidden: MLP hidden widths (default four layers of 256).
     """
 
-    def __init__(self, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0,
-                 hidden: Sequence[int] = (256, 256, 256, 256)) -> None:
-        super().__init__()
-        self.config = {"n_resblocks": n_resblocks, "n_feats": n_feats, "res_scale": res_scale,
-                       "hidden": list(hidden)}
-        self.encoder = EDSRBaseline(n_resblocks, n_feats, res_scale)
-        self.imnet = MLP(9 * n_feats + 4, 2, hidden)
-
-    def forward(self, x: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
-        """``x`` (N,3,H,W) in [0,1], ``coord``/``cell`` (N,Q,2) -> shifts (N,Q,2)."""
-        return decode_local_ensemble(self.encoder(x), self.imnet, coord, cell)
+    out_dim = 2
 
 
 def mlp_hidden_from_state_dict(state_dict: dict[str, Tensor], prefix: str = "imnet.layers.") -> list[int]:
