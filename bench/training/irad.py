@@ -270,22 +270,28 @@ def train_irad(config: IRADTrainConfig, images: Tensor, labels: Tensor, classifi
         seconds["pairs"] += time.monotonic() - t0
         save()
 
-    if stage == 1:
-        liif.train()
-        while step < config.stage1_steps and not out_of_time():
+    def run_stage(number: int, steps: int, batch_size: int, loss_of: Callable[[Tensor], Tensor],
+                  opt: torch.optim.Optimizer) -> None:
+        """Optimise one stage from the current ``step`` until ``steps`` or the time budget."""
+        nonlocal step
+        while step < steps and not out_of_time():
             t0 = time.monotonic()
-            idx = batch_indices(len(images), config.batch_size, config.seed, 1, step)
-            loss = stage1_loss(liif, images[idx], adv[idx])
-            opt1.zero_grad(set_to_none=True)
+            loss = loss_of(batch_indices(len(images), batch_size, config.seed, number, step))
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt1.step()
+            opt.step()
             step += 1
-            seconds["stage1"] += time.monotonic() - t0
-            history.append({"stage": 1, "step": step, "loss": float(loss.detach())})
+            seconds[f"stage{number}"] += time.monotonic() - t0
+            history.append({"stage": number, "step": step, "loss": float(loss.detach())})
             if step % config.save_every == 0:
                 save()
             if on_progress is not None:
-                on_progress({"phase": "stage1", "step": step, "total": config.stage1_steps, "loss": float(loss.detach())})
+                on_progress({"phase": f"stage{number}", "step": step, "total": steps, "loss": float(loss.detach())})
+
+    if stage == 1:
+        liif.train()
+        run_stage(1, config.stage1_steps, config.batch_size,
+                  lambda idx: stage1_loss(liif, images[idx], adv[idx]), opt1)
         if step >= config.stage1_steps:
             # Stage 2 starts: SampleNet's encoder is a frozen copy of the trained LIIF encoder.
             samplenet.encoder.load_state_dict(liif.encoder.state_dict())
@@ -295,20 +301,8 @@ def train_irad(config: IRADTrainConfig, images: Tensor, labels: Tensor, classifi
     if stage == 2:
         defense = IRAD(reconstruction=liif, samplenet=samplenet)  # freezes both networks ...
         samplenet.imnet.requires_grad_(True)                      # ... then SampleNet's MLP trains
-        while step < config.stage2_steps and not out_of_time():
-            t0 = time.monotonic()
-            idx = batch_indices(len(images), config.stage2_batch_size, config.seed, 2, step)
-            loss = stage2_loss(defense, classifier, images[idx], adv[idx], labels[idx])
-            opt2.zero_grad(set_to_none=True)
-            loss.backward()
-            opt2.step()
-            step += 1
-            seconds["stage2"] += time.monotonic() - t0
-            history.append({"stage": 2, "step": step, "loss": float(loss.detach())})
-            if step % config.save_every == 0:
-                save()
-            if on_progress is not None:
-                on_progress({"phase": "stage2", "step": step, "total": config.stage2_steps, "loss": float(loss.detach())})
+        run_stage(2, config.stage2_steps, config.stage2_batch_size,
+                  lambda idx: stage2_loss(defense, classifier, images[idx], adv[idx], labels[idx]), opt2)
         if step >= config.stage2_steps:
             stage, step = 3, 0
         save()
