@@ -192,3 +192,38 @@ class CIFAR10:
 
     def __repr__(self) -> str:
         return f"CIFAR10(root={str(self.root)!r}, split={self.split!r}, download={self.download})"
+
+
+# -- training images for the training commands (bench train denoiser | irad | sar) -----------------
+TRAINING_SPLITS = ("test-outside-subset", "train")
+TRAINING_DATA_WARNING = (
+    "TRAINING ON CIFAR-10 TEST IMAGES outside the 512-image evaluation subset (demo only: this machine "
+    "has no training split). Real users train on the training split: --split train."
+)
+
+
+def training_images(split: str = "test-outside-subset", data_dir: str | os.PathLike | None = None,
+                    limit: int | None = None) -> tuple[Tensor, Tensor, list[int] | None]:
+    """Images and labels a training command learns from, and which test images they are.
+
+    Args:
+        split: ``"test-outside-subset"`` (default; the demo): the CIFAR-10 TEST images outside the
+            512-image evaluation subset, since the offline data has no training split; ``"train"``:
+            the training split (real use).
+        data_dir: Data directory. Default None -> :func:`data_dir`.
+        limit: Keep only the first ``limit`` images. Default None (all).
+
+    Returns:
+        ``(x, y, ids)``: float32 (N,3,32,32) in [0,1], int64 labels, and the test-split indices used
+        (None for the training split).
+    """
+    if split not in TRAINING_SPLITS:
+        raise ValueError(f"split {split!r} is not one of {TRAINING_SPLITS}")
+    if split == "train":
+        dataset, ids = CIFAR10(data_dir, split="train"), None
+    else:
+        dataset, ids = CIFAR10(data_dir, split="test"), training_pool_indices()
+    if limit is not None:
+        ids = (ids if ids is not None else list(range(len(dataset))))[:limit]
+    x, y = dataset.images(ids)
+    return x, y, ids

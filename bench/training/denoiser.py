@@ -31,16 +31,13 @@ import click
 import torch
 from torch import Tensor
 
+from bench.datasets import TRAINING_DATA_WARNING, TRAINING_SPLITS, training_images
 from bench.rng import derive_seed, make_generator
 from defenses.diffusion.schedule import VPSchedule
 from defenses.diffusion.small_unet import CHECKPOINT_FORMAT, DEFAULT_CONFIG, SmallUNet, build_small_unet, read_checkpoint
 
-SPLITS = ("test-outside-subset", "train")
+SPLITS = TRAINING_SPLITS
 WEIGHTINGS = ("eps", "min-snr")
-TRAINING_DATA_WARNING = (
-    "TRAINING ON CIFAR-10 TEST IMAGES outside the 512-image evaluation subset (demo only: this machine "
-    "has no training split). Real users train on the training split: --split train."
-)
 
 
 @dataclass
@@ -103,16 +100,7 @@ def load_training_images(split: str = "test-outside-subset", data_dir: str | Pat
         split: ``"test-outside-subset"`` (default; the demo) or ``"train"``.
         data_dir: Data directory. Default None -> ``$BENCH_DATA_DIR`` (``bench.datasets.data_dir``).
     """
-    from bench.datasets import CIFAR10, training_pool_indices
-
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {SPLITS}")
-    if split == "train":
-        x, _ = CIFAR10(data_dir, split="train").images()
-        indices = None
-    else:
-        indices = training_pool_indices()
-        x, _ = CIFAR10(data_dir, split="test").images(indices)
+    x, _, indices = training_images(split, data_dir)
     return (x * 255).round().to(torch.uint8), indices
 
 

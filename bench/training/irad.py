@@ -37,11 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.datasets import TRAINING_SPLITS, training_images
 from bench.rng import derive_seed, make_generator
 from defenses.irad import IRAD, save_irad
 from defenses.liif import LIIF, SampleNet, pixel_queries
 
-SPLITS = ("test-outside-subset", "train")
+SPLITS = TRAINING_SPLITS
 STATE_FORMAT = "bench-irad-train-state/1"
 
 
@@ -319,17 +320,8 @@ def load_training_images(split: str, data_dir: str | Path | None = None, limit: 
                          ) -> tuple[Tensor, Tensor]:
     """Training images and labels: ``test-outside-subset`` (the CIFAR-10 TEST images outside the
     512-image evaluation subset — demo only) or ``train`` (the training split, real use)."""
-    from bench.datasets import CIFAR10, training_pool_indices
-
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {SPLITS}")
-    if split == "train":
-        dataset, ids = CIFAR10(data_dir, split="train"), None
-    else:
-        dataset, ids = CIFAR10(data_dir, split="test"), training_pool_indices()
-    if limit is not None:
-        ids = (ids if ids is not None else list(range(len(dataset))))[:limit]
-    return dataset.images(ids)
+    x, y, _ = training_images(split, data_dir, limit)
+    return x, y
 
 
 @torch.no_grad()

@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
+from bench.datasets import TRAINING_SPLITS, training_images
 from bench.rng import derive_seed, make_generator
 
 FFT_AXES = ("batch-class", "class")
-SPLITS = ("test-outside-subset", "train")
+SPLITS = TRAINING_SPLITS
 SAR_LAMBDA = 0.1  # paper §VI-a: "The SAR coefficient is set to 0.1 (0.15)" — 0.15 for SARWA
 SARWA_LAMBDA = 0.15
 CHECKPOINT_FORMAT = "bench.classifier/1"
@@ -319,18 +320,11 @@ def load_training_images(split: str, data_dir: str | Path | None = None, limit: 
         data_dir: Data directory; default None -> ``$BENCH_DATA_DIR`` or ``~/.cache/bench/data``.
         limit: Keep only the first ``limit`` images. Default None (all).
     """
-    from bench.datasets import CIFAR10, DatasetNotFoundError, training_pool_indices
+    from bench.datasets import DatasetNotFoundError
 
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {SPLITS}")
     try:
-        if split == "train":
-            dataset, ids = CIFAR10(data_dir, split="train"), None
-        else:
-            dataset, ids = CIFAR10(data_dir, split="test"), training_pool_indices()
-        if limit is not None:
-            ids = (ids if ids is not None else list(range(len(dataset))))[:limit]
-        return dataset.images(ids)
+        x, y, _ = training_images(split, data_dir, limit)
+        return x, y
     except DatasetNotFoundError as exc:
         raise ValueError(str(exc)) from exc
 
