@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, eval_mode
+from attacks.base import Attack, AttackBudget, eval_mode
 from bench.registry import ATTACKS
 
 VERSIONS = ("rand", "standard", "custom")
@@ -87,6 +87,12 @@ class AutoAttackRand(Attack):
         self.version, self.attacks = version, attacks
         self.n_iter, self.eot_iter, self.restarts, self.n_queries = n_iter, eot_iter, restarts, n_queries
         self.batch_size = batch_size
+
+    def budget(self) -> AttackBudget:
+        """pyautoattack's defaults for the version unless overridden; success is the library's rule
+        (a component's success, judged by one forward of the attacked model, removes the sample)."""
+        eot = self.eot_iter if self.eot_iter is not None else (20 if self.version == "rand" else 1)
+        return AttackBudget(steps=self.n_iter or 100, eot=eot, restarts=self.restarts or 1, success="autoattack")
 
     def build(self, model: nn.Module, seed: int, device: torch.device) -> Any:
         """The configured pyautoattack ``AutoAttack`` object (exposed for tests and debugging)."""

@@ -11,6 +11,7 @@ gives independent EOT draws.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import ClassVar, Iterator
 
 import torch
@@ -19,6 +20,24 @@ from torch import Tensor, nn
 from bench.registry import ATTACKS
 
 NORMS = ("Linf", "L2")
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """What an attack spends and how it decides success; written into every row (``bench.schema``).
+
+    Attributes:
+        steps: Iterations per run (per component for AutoAttack).
+        eot: EOT draws per gradient as configured (a deterministic model is given one).
+        restarts: Independent runs per image.
+        success: The success rule: ``final`` (the final iterate is judged), ``any`` (broken at the
+            first checked iterate the defense misclassifies), or an attack's own documented rule.
+    """
+
+    steps: int
+    eot: int
+    restarts: int
+    success: str
 
 
 @contextmanager
@@ -48,6 +67,8 @@ class Attack:
 
     #: gradient mode the attack forces on the defended model (BPDA+EOT forces ``bpda``), or None
     forced_gradient: ClassVar[str | None] = None
+    #: False for the no-op attack of clean-only cells: ``evaluate_shard`` then skips the attack
+    crafts: ClassVar[bool] = True
 
     def __init__(self, *, norm: str = "Linf", eps: float = 8 / 255) -> None:
         if norm not in NORMS:
@@ -58,6 +79,10 @@ class Attack:
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
+
+    def budget(self) -> AttackBudget:
+        """Iterations, EOT draws, restarts and success rule of this configuration."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its budget")
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Project onto the eps-ball around ``x`` and onto the [0,1] box."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.base import Attack, eval_mode
+from attacks.base import Attack, AttackBudget, eval_mode
 from bench.registry import ATTACKS
 
 #: images per forward pass to aim at: the measured minimum of the flat 16-256 range, well below the
@@ -112,6 +112,9 @@ class _EOTGradientAttack(Attack):
             raise ValueError(f"step_size must be positive, got {step_size!r}")
         self.steps, self.step_size, self.eot = steps, float(step_size), eot
         self.random_start, self.eot_chunk = bool(random_start), eot_chunk
+
+    def budget(self) -> AttackBudget:
+        return AttackBudget(steps=self.steps, eot=self.eot, restarts=1, success="final")
 
     def start(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """The first iterate: ``x``, or a uniform draw from the ball when ``random_start``."""

@@ -11,6 +11,7 @@ Protocol (SPEC §3, §4):
    vote is recorded as K votes for the predicted class, so every row's counts sum to K).
 2. Only clean-correct images are attacked (``attacked``); a misclassified image is already lost, so
    its adversarial image is the clean one and its adversarial decision is the clean decision.
+   A clean-only cell (the ``none`` attack, setting ``clean``) stops here: nothing is attacked.
 3. The attack crafts on a ``DefendedModel`` in the cell's gradient mode (``attack.forced_gradient``
    wins, e.g. BPDA+EOT -> ``bpda``), or on the bare classifier for ``setting="oblivious"`` (the
    defense is skipped while crafting, kept for the decision).
@@ -45,12 +46,13 @@ from torch import Tensor, nn
 from attacks.base import Attack
 from bench.device import autocast
 from bench.rng import RngStream
-from bench.schema import ROW_SCHEMA
+from bench.schema import ROW_SCHEMA, CellInfo
 from bench.voting import predict_with_votes
 from defenses.base import Defense
 from defenses.defended import DefendedModel
 
-SETTINGS = ("adaptive", "oblivious")
+#: ``clean``: no attack (the ``none`` attack of clean-only cells), the rows hold the clean decision
+SETTINGS = ("adaptive", "oblivious", "clean")
 #: slack of the eps-ball check, relative to eps (float32 arithmetic of the projection)
 BALL_TOLERANCE = 1e-4
 
@@ -67,6 +69,8 @@ class ShardResult:
 
     table: pa.Table
     adversarial: Tensor | None = None
+    #: seconds the worker spent building (or fetching from its cache) the models; set by the worker
+    build_seconds: float = 0.0
 
 
 def _net_cost(defense: Defense, mode: str) -> float:
@@ -112,8 +116,7 @@ def evaluate_shard(
     votes: int,
     seed: int,
     task_id: str,
-    defense_name: str,
-    attack_name: str,
+    cell: CellInfo,
     batch_size: int = 128,
     precision: str = "fp32",
     save_adversarial: bool = False,
@@ -135,8 +138,8 @@ def evaluate_shard(
         votes: K purifications per decision (SPEC §4).
         seed: The run's randomness seed (SPEC §1).
         task_id: Part of every generator's derivation and written to the rows.
-        defense_name: Defense cell name (rows).
-        attack_name: Attack cell name (rows).
+        cell: The descriptive columns of the rows (run, dataset, classifier, cell names and configs);
+            the threat model's norm/eps and the budget are read from ``attack``.
         batch_size: Images (or image copies) per forward for votes and per attack call. Default 128.
         precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA only). Default ``fp32``.
         save_adversarial: Return the adversarial images. Default False.
@@ -148,13 +151,15 @@ def evaluate_shard(
     """
     if setting not in SETTINGS:
         raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
+    if (setting == "clean") == attack.crafts:
+        raise ValueError(f"setting 'clean' goes with the no-op attack only (got {type(attack).__name__}, setting {setting!r})")
     n = x.shape[0]
     if y.shape != (n,) or len(image_ids) != n:
         raise ValueError(f"x has {n} images but y has shape {tuple(y.shape)} and image_ids {len(image_ids)} entries")
     device = x.device
     defense.eval()
-    mode = "oblivious" if setting == "oblivious" else (attack.forced_gradient or gradient)
-    recorded_gradient = "full" if setting == "oblivious" else mode
+    mode = "oblivious" if setting != "adaptive" else (attack.forced_gradient or gradient)
+    recorded_gradient = {"oblivious": "full", "clean": "none"}.get(setting, mode)
 
     def defended(stream: str, model_mode: str, key: str = task_id) -> DefendedModel:
         # eval() on the wrapper too: helpers that restore the caller's train/eval flag
@@ -173,7 +178,7 @@ def evaluate_shard(
 
         # 2-3. attack the clean-correct images only
         start = time.perf_counter()
-        attacked = clean_pred == y
+        attacked = (clean_pred == y) & attack.crafts
         idx = attacked.nonzero().flatten()
         x_adv = x.detach().clone()
         attack_model = defended("attack-defense", mode)
@@ -207,13 +212,19 @@ def evaluate_shard(
 
     clean_correct = (clean_pred == y).cpu()
     adv_pred_cpu = adv_pred.cpu()
-    columns = {
-        "task_id": [task_id] * n,
-        "defense": [defense_name] * n,
-        "attack": [attack_name] * n,
-        "setting": [setting] * n,
-        "gradient": [recorded_gradient] * n,
-        "seed": [int(seed)] * n,
+    robust = clean_correct & (adv_pred_cpu == y.cpu())
+    broken = attacked.cpu() & ~robust
+    budget = attack.budget()
+    constant = {
+        "task_id": task_id, "run": cell.run, "dataset": cell.dataset, "split": cell.split,
+        "classifier": cell.classifier, "norm": attack.norm, "eps": float(attack.eps),
+        "defense": cell.defense, "defense_type": cell.defense_type, "defense_config": cell.defense_config,
+        "attack": cell.attack, "attack_type": cell.attack_type, "attack_config": cell.attack_config,
+        "steps": budget.steps, "eot": budget.eot, "restarts": budget.restarts, "success": budget.success,
+        "setting": setting, "gradient": recorded_gradient, "votes": int(votes), "seed": int(seed),
+    }
+    columns = {name: [value] * n for name, value in constant.items()}
+    columns.update({
         "image_id": [int(i) for i in image_ids],
         "label": y.cpu().tolist(),
         "clean_pred": clean_pred.cpu().tolist(),
@@ -222,11 +233,13 @@ def evaluate_shard(
         "attacked": attacked.cpu().tolist(),
         "adv_pred": adv_pred_cpu.tolist(),
         "adv_votes": adv_votes.cpu().tolist(),
-        "robust": (clean_correct & (adv_pred_cpu == y.cpu())).tolist(),
+        "robust": robust.tolist(),
+        "broken_by": [cell.attack_type if b else None for b in broken.tolist()],
+        "broken_at": [None] * n,
         "linf": delta.flatten(1).abs().amax(1).cpu().tolist() if n else [],
         "l2": delta.flatten(1).norm(dim=1).cpu().tolist() if n else [],
         "net_evals": evals.tolist(),
         "seconds": seconds.tolist(),
-    }
+    })
     table = pa.Table.from_pydict(columns, schema=ROW_SCHEMA)
     return ShardResult(table=table, adversarial=x_adv.detach().cpu() if save_adversarial else None)

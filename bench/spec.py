@@ -56,6 +56,9 @@ from pydantic import (
 
 from bench.registry import ATTACKS, BACKBONES, CLASSIFIERS, DATASETS, DEFENSES, PluginError, Registry
 
+#: Name of the attack cell of a job with ``attacks: []`` (clean accuracy only).
+CLEAN_CELL = "clean"
+
 StrictInt = Annotated[int, Strict()]
 Number = Annotated[float, Strict()]  # strict: rejects booleans and strings (fractions are converted before)
 
@@ -243,7 +246,8 @@ class JobSpec(_Model):
         save_adversarial: Keep each shard's adversarial images beside its rows. Default False.
         backbones: Named diffusion backbone configs ``{name: {type, **params}}``.
         defenses: Defense cells (at least one).
-        attacks: Attack cells (at least one).
+        attacks: Attack cells; ``[]`` gives a clean-accuracy job (one ``clean`` cell per defense,
+            the no-op attack ``none``).
     """
 
     name: str = Field(min_length=1)
@@ -259,7 +263,7 @@ class JobSpec(_Model):
     save_adversarial: bool = False
     backbones: dict[str, BackboneSpec] = {}
     defenses: list[DefenseSpec] = Field(min_length=1)
-    attacks: list[AttackSpec] = Field(min_length=1)
+    attacks: list[AttackSpec]
 
     _path: str = PrivateAttr(default="<job>")
 
@@ -281,8 +285,10 @@ class JobSpec(_Model):
         return [(d.default_name(), resolve_defense(self, d, f"defenses[{i}]")) for i, d in enumerate(self.defenses)]
 
     def attack_cells(self) -> list[tuple[str, AttackSpec, dict[str, Any]]]:
-        """``[(cell name, entry, resolved config {type, params})]`` with norm/eps from ``threat``."""
-        return [(a.default_name(), a, resolve_attack(self, a, f"attacks[{i}]")) for i, a in enumerate(self.attacks)]
+        """``[(cell name, entry, resolved config {type, params})]`` with norm/eps from ``threat``;
+        a job without attacks has one cell, ``clean`` (the no-op attack ``none``)."""
+        entries = self.attacks or [AttackSpec(type="none", name=CLEAN_CELL)]
+        return [(a.default_name(), a, resolve_attack(self, a, f"attacks[{i}]")) for i, a in enumerate(entries)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,8 +570,15 @@ def protocol_problem(defense_config: dict[str, Any], attack_config: dict[str, An
     return None
 
 
+def cell_setting(attack: AttackSpec) -> str:
+    """``adaptive`` or ``oblivious`` as the entry says; ``clean`` for an attack that crafts nothing."""
+    return attack.setting if ATTACKS.get(attack.type).crafts else "clean"
+
+
 def cell_gradient(defense_config: dict[str, Any], attack: AttackSpec) -> str:
     """The gradient mode an attack uses on a defense (the rows record it). Raises ValueError."""
+    if cell_setting(attack) == "clean":
+        return "none"
     if attack.setting == "oblivious":
         return "full"  # crafted with the exact gradient of the bare classifier
     forced = ATTACKS.get(attack.type).forced_gradient

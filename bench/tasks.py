@@ -115,7 +115,7 @@ def expand_tasks(spec: "JobSpec", *, data_dir: str | os.PathLike | None = None) 
         Tasks in a stable order (defense, attack, seed, shard as in the file).
     """
     from bench.schema import SCHEMA_VERSION
-    from bench.spec import cell_gradient
+    from bench.spec import cell_gradient, cell_setting
 
     ids = image_ids(spec, data_dir)
     shards = [tuple(ids[i : i + spec.shard_size]) for i in range(0, len(ids), spec.shard_size)]
@@ -139,7 +139,7 @@ def expand_tasks(spec: "JobSpec", *, data_dir: str | os.PathLike | None = None) 
                 "defense": {"name": defense_name, "config": defense_config},
                 "attack": {"name": attack_name, **attack_config},
                 "gradient": cell_gradient(defense_config, entry),
-                "setting": entry.setting,
+                "setting": cell_setting(entry),
             }
             for seed in spec.seeds:
                 for shard, shard_ids in enumerate(shards):

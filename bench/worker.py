@@ -11,6 +11,7 @@ are limited to the task's ``resources.cpus`` (``bench.device.use_cpu_threads``).
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -21,6 +22,7 @@ from torch import nn
 from bench.device import check_precision, resolve_device, use_cpu_threads
 from bench.evaluate import ShardResult, evaluate_shard
 from bench.registry import ATTACKS, DATASETS, DEFENSES
+from bench.schema import CellInfo
 from bench.tasks import Task, canonical_json
 
 T = TypeVar("T")
@@ -128,12 +130,14 @@ def run_task(task: Task, *, data_dir: str | os.PathLike | None = None, model_dir
     check_precision(p["precision"], device)  # fail before loading anything heavy
     use_cpu_threads(task.resources.cpus)
 
+    start = time.perf_counter()
     dataset = build_dataset(p["dataset"], data_dir, p.get("download", False))
     x, y = dataset.images(list(task.image_ids))
     classifier = build_classifier(p["classifier"], device, model_dir)
     defense = build_defense(p["defense"]["config"], device)
     attack = build_attack(p["attack"])
-    return evaluate_shard(
+    build_seconds = time.perf_counter() - start
+    result = evaluate_shard(
         x.to(device),
         y.to(device),
         task.image_ids,
@@ -145,10 +149,11 @@ def run_task(task: Task, *, data_dir: str | os.PathLike | None = None, model_dir
         votes=p["votes"],
         seed=task.seed,
         task_id=task.task_id,
-        defense_name=task.defense,
-        attack_name=task.attack,
+        cell=CellInfo.from_payload(task.run, p),
         batch_size=p["batch_size"],
         precision=p["precision"],
         save_adversarial=p["save_adversarial"],
         clean_key=p.get("clean_key"),
     )
+    result.build_seconds = build_seconds
+    return result

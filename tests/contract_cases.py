@@ -66,6 +66,7 @@ DEFENSE_CASES: dict[str, Callable[[], Any]] = {
 }
 
 ATTACK_CASES: dict[str, Callable[[], Any]] = {
+    "none": lambda: create_attack("none"),
     "pgd-eot": lambda: create_attack("pgd-eot", eps=8 / 255, steps=3, step_size=2 / 255, eot=2),
     "bpda-eot": lambda: create_attack("bpda-eot", eps=8 / 255, steps=3, eot=2),
     "pgd-eot:L2": lambda: create_attack("pgd-eot", norm="L2", eps=0.5, steps=3, step_size=0.2, eot=2),

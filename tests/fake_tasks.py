@@ -21,12 +21,17 @@ def fake_rows(task: Task) -> pa.Table:
         label, clean_ok, robust = i % 10, (i + task.seed) % 3 != 0, (i * 7 + task.seed) % 4 == 0
         adv = label if robust else (label + 1) % 10
         rows.append({
-            "task_id": task.task_id, "defense": task.defense, "attack": task.attack, "setting": "adaptive",
-            "gradient": "full", "seed": task.seed, "image_id": i, "label": label,
+            "task_id": task.task_id, "run": task.run, "dataset": "cifar10", "split": "test",
+            "classifier": "resnet20", "norm": "Linf", "eps": 8 / 255,
+            "defense": task.defense, "defense_type": task.defense, "defense_config": "{}",
+            "attack": task.attack, "attack_type": "pgd-eot", "attack_config": "{}", "steps": 10, "eot": 1,
+            "restarts": 1, "success": "final", "setting": "adaptive", "gradient": "full", "votes": 1,
+            "seed": task.seed, "image_id": i, "label": label,
             "clean_pred": label if clean_ok else (label + 1) % 10,
             "clean_votes": [int(c == (label if clean_ok else (label + 1) % 10)) for c in range(10)],
             "clean_correct": clean_ok, "attacked": clean_ok, "adv_pred": adv,
             "adv_votes": [int(c == adv) for c in range(10)], "robust": clean_ok and robust,
+            "broken_by": "pgd-eot" if clean_ok and not robust else None, "broken_at": None,
             "linf": float(np.float32(8 / 255)), "l2": 0.25 * (i % 5), "net_evals": 12.0, "seconds": 0.01 * i,
         })
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)

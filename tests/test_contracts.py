@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from contract_cases import ATTACK_CASES, DEFENSE_CASES, tiny_classifier
 from bench.registry import ATTACKS, DEFENSES
 from bench.rng import RngStream
-from attacks.base import Attack
+from attacks.base import Attack, AttackBudget
 from defenses.base import GRADIENT_MODES, Defense
 from defenses.defended import DefendedModel
 
@@ -118,6 +118,11 @@ def check_attack_contract(attack: Attack, defense: Defense, classifier, key: str
 
     x_adv = attack.perturb(model, x, y, torch.Generator().manual_seed(0))
 
+    budget = attack.budget()  # written into every row: each attack must describe itself
+    assert isinstance(budget, AttackBudget) and budget.success and min(budget.steps, budget.eot, budget.restarts) >= 0
+    if not attack.crafts:  # the no-op attack of clean-only cells
+        assert torch.equal(x_adv, x) and budget.steps == 0
+        return
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
     assert torch.isfinite(x_adv).all() and x_adv.min() >= 0 and x_adv.max() <= 1
     delta = (x_adv - x).flatten(1)
@@ -155,11 +160,14 @@ class _FrozenNoise(Defense):
 
 
 class _NoOpAttack(Attack):
+    def budget(self):
+        return AttackBudget(steps=1, eot=1, restarts=1, success="final")
+
     def perturb(self, model, x, y, generator):
         return x.clone()
 
 
-class _OutsideBall(Attack):
+class _OutsideBall(_NoOpAttack):
     def perturb(self, model, x, y, generator):
         return (x + 2 * self.eps).clamp(0, 1)
 

@@ -13,7 +13,7 @@ from bench.classifiers import load_classifier
 from bench.datasets import CIFAR10, subset_indices
 from bench.evaluate import ShardResult, evaluate_shard
 from bench.registry import DEFENSES
-from bench.schema import ROW_SCHEMA
+from bench.schema import ROW_SCHEMA, CellInfo
 
 EPS = 8 / 255
 N = 12
@@ -43,10 +43,15 @@ class RecordingPGD(PGDEOT):
         return super().perturb(model, x, y, generator)
 
 
-def run(shard, classifier, defense, attack, **kw) -> ShardResult:
+def cell_info(defense: str = "d", attack: str = "a") -> CellInfo:
+    return CellInfo(run="test", dataset="cifar10", split="test", classifier="resnet20", defense=defense,
+                    defense_type=defense, defense_config="{}", attack=attack, attack_type=attack, attack_config="{}")
+
+
+def run(shard, classifier, defense, attack, *, defense_name="d", attack_name="a", **kw) -> ShardResult:
     x, y, ids = shard
     args = dict(classifier=classifier, defense=defense, attack=attack, gradient="full", setting="adaptive",
-                votes=1, seed=0, task_id="t" * 64, defense_name="d", attack_name="a")
+                votes=1, seed=0, task_id="t" * 64, cell=cell_info(defense_name, attack_name))
     args.update(kw)
     return evaluate_shard(x, y, ids, **args)
 

@@ -147,3 +147,30 @@ def test_clean_decision_of_a_stochastic_defense_does_not_depend_on_the_attack(da
         assert len(outcomes) == 2 and outcomes[0] == outcomes[1], f"seed {seed}: clean votes differ between attacks"
     # ...while the seed still changes the draws (sigma 0.6 makes 3 votes on 3 images disagree)
     assert clean[0][0][1] != clean[1][0][1]
+
+
+def test_rows_describe_their_threat_model_and_cell(tasks, data_dir):
+    """Schema 2: a row can be quoted on its own (dataset, classifier, norm, eps, budget, configs)."""
+    import json
+
+    task = next(t for t in tasks if t.defense == "lp" and t.attack == "pgd-eot")
+    row = worker.run_task(task, data_dir=data_dir).table.to_pylist()[0]
+    assert (row["run"], row["dataset"], row["split"], row["classifier"]) == ("worker", "cifar10", "test", "resnet20")
+    assert (row["norm"], row["eps"]) == ("Linf", pytest.approx(8 / 255))
+    assert (row["defense_type"], json.loads(row["defense_config"])) == ("lowpass", {"cutoff": 12, "mask": "square"})
+    assert row["attack_type"] == "pgd-eot" and json.loads(row["attack_config"])["steps"] == 2
+    assert (row["steps"], row["eot"], row["restarts"], row["success"], row["votes"]) == (2, 1, 1, "final", 2)
+
+
+def test_a_job_without_attacks_gives_clean_rows_only(data_dir):
+    job = copy.deepcopy(JOB)
+    job.update(attacks=[], votes=3, save_adversarial=False)
+    tasks = expand_tasks(parse_job(job, "worker.yaml"))
+    assert {(t.defense, t.attack) for t in tasks} == {("none", "clean"), ("lp", "clean")}
+    task = next(t for t in tasks if t.defense == "lp")
+    assert (task.payload["setting"], task.payload["gradient"]) == ("clean", "none")
+    rows = worker.run_task(task, data_dir=data_dir).table.to_pylist()
+    assert not any(r["attacked"] for r in rows) and all(r["linf"] == 0 for r in rows)
+    assert all(r["robust"] == r["clean_correct"] and r["broken_by"] is None for r in rows)
+    assert {(r["attack_type"], r["setting"], r["steps"], r["success"]) for r in rows} == {("none", "clean", 0, "none")}
+    assert all(r["net_evals"] == pytest.approx(1) for r in rows)  # one clean forward, nothing else
