@@ -1,0 +1,92 @@
+"""What every ``bench`` command shares: the group, error translation and the common options.
+
+Commands live in one module per concern (``bench/cli/<topic>.py``) and attach themselves to
+:data:`main`; ``bench/cli/__init__.py`` imports them. Library errors become
+``click.ClickException``: exit code 2 for bad input (an invalid job file, an unknown plugin, missing
+data, an unknown run, resources the cluster cannot give), 1 when tasks of a run failed.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+
+class BadInput(click.ClickException):
+    """Invalid input from the user: exit code 2."""
+
+    exit_code = 2
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from bench.registry import PluginError
+    from bench.scheduler import SchedulerError
+    from bench.spec import JobSpecError
+    from bench.store import StoreError
+
+    # FileNotFoundError covers bench.datasets.DatasetNotFoundError and missing checkpoints.
+    return (JobSpecError, PluginError, StoreError, SchedulerError, FileNotFoundError)
+
+
+def translate_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's bad-input errors into exit code 2 with their message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except _bad_input_types() as exc:
+            raise BadInput(str(exc)) from exc
+
+    return wrapper
+
+
+# -- shared options -----------------------------------------------------------------------------------
+results_option = click.option(
+    "--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
+    help="Results directory (catalog.sqlite and one Parquet file per task).")
+run_argument = click.argument("run", required=False)
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), envvar="BENCH_DATA_DIR", default=None,
+    help="Data directory (cifar10_test.npz, ...). Also $BENCH_DATA_DIR [default: ~/.cache/bench/data].")
+model_dir_option = click.option(
+    "--model-dir", type=click.Path(file_okay=False), envvar="BENCH_MODEL_DIR", default=None,
+    help="Directory of model checkpoints (RobustBench zoo, ...). Also $BENCH_MODEL_DIR.")
+address_option = click.option(
+    "--address", default=None, metavar="auto|local|serial|HOST:PORT",
+    help="Ray cluster to run on: 'auto' joins the one on this machine, HOST:PORT (or ray://HOST:PORT) a remote "
+         "one, 'local' starts one, 'serial' runs in this process without Ray (debugging). "
+         "Default: $RAY_ADDRESS, else a local instance.")
+num_cpus_option = click.option(
+    "--num-cpus", type=click.IntRange(min=1), default=None,
+    help="CPUs of a local Ray instance [default: all of this machine's].")
+
+
+def absolute(path: str | None) -> str | None:
+    # Ray workers may run in another directory: hand them absolute paths.
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+# -- the group ----------------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bench-purification", prog_name="bench")
+def main() -> None:
+    """bench: robustness of classifiers behind adversarial purification defenses.
+
+    A job file (YAML) names a dataset slice, a classifier, defenses and attacks; `bench submit` runs
+    its defense x attack x seed x shard grid on Ray and stores one Parquet file per task;
+    `bench leaderboard` turns the rows into accuracy tables.
+    """
+
+
+def open_store(results: Path) -> Any:
+    from bench.store import ResultStore, StoreError
+
+    if not (results / "catalog.sqlite").is_file():
+        raise StoreError(f"no results in {results} (no catalog.sqlite); run `bench submit JOB --results {results}`")
+    return ResultStore(results)
