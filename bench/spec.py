@@ -485,7 +485,7 @@ def _check_param_types(registry: Registry, name: str, params: dict[str, Any], pa
     ``true`` is not a number). Annotations that cannot be checked without building are skipped."""
     obj = registry.get(name)
     try:
-        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj, include_extras=True)
     except Exception:  # unresolvable annotations: the plugin validates at build time
         return
     for key, value in params.items():
