@@ -26,9 +26,10 @@ over the attacks of that threat model (an (image, seed) is robust only if robust
   sum over the attacks);
 - ``paper``: the defense plugin's ``paper`` attribute (citation with arXiv id).
 
-**Several runs.** Rows of several runs are merged; a defense name that occurs in more than one run
-is labelled ``name [run]`` so cells of different runs never merge silently. Worst cases stay within
-one run's cell (the label), and threat models keep the runs' comparisons apart.
+**Several runs.** Rows of several runs are merged per threat model. A defense name used by several
+runs is labelled ``name [run]`` when the runs' cells differ or meet in one threat model
+(:func:`defense_labels`), so cells of different runs never merge silently and a worst case never
+spans runs; the same defense at different eps in different runs keeps its name (an eps ladder).
 """
 
 from __future__ import annotations
@@ -70,23 +71,43 @@ class LeaderboardError(ValueError):
     """Bad input to the leaderboard (an unknown reference defense, rows missing columns)."""
 
 
+def _blank_clean_threat(rows: pd.DataFrame) -> pd.DataFrame:
+    # a clean accuracy does not depend on norm or eps: clean cells of any eps share one table
+    clean = rows["setting"] == CLEAN_SETTING
+    if not clean.any():
+        return rows
+    return rows.assign(norm=rows["norm"].where(~clean, ""), eps=rows["eps"].where(~clean, math.nan))
+
+
 def defense_labels(rows: pd.DataFrame) -> pd.Series:
-    """Each row's defense label: the cell name, or ``name [run]`` when the name occurs in several runs."""
-    runs_per_name = rows.groupby("defense", sort=False)["run"].nunique()
-    shared = rows["defense"].map(runs_per_name) > 1
-    return rows["defense"].where(~shared, rows["defense"] + " [" + rows["run"] + "]")
+    """Each row's defense label: the cell name, or ``name [run]`` when runs disagree on that name.
+
+    A name used by several runs is labelled with the run when their cells differ (defense type or
+    resolved parameters) or when two of those runs evaluated it under the same threat model and
+    setting (their rows would otherwise merge into one cell). The same defense at different eps in
+    different runs keeps one label, so its eps ladder spans the runs.
+    """
+    rows = _blank_clean_threat(rows)
+    cells = rows[["defense", "run", "defense_type", "defense_config", *THREAT_MODEL]].drop_duplicates()
+    shared = set()
+    for name, grp in cells.groupby("defense", sort=False):
+        if grp["run"].nunique() < 2:
+            continue
+        differ = len(grp[["defense_type", "defense_config"]].drop_duplicates()) > 1
+        collide = (grp.groupby(_tm_strings(grp, THREAT_MODEL))["run"].nunique() > 1).any()
+        if differ or collide:
+            shared.add(name)
+    mask = rows["defense"].isin(shared)
+    return rows["defense"].where(~mask, rows["defense"] + " [" + rows["run"] + "]")
 
 
 def labelled(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with ``defense`` replaced by :func:`defense_labels` and clean cells' norm/eps blanked."""
-    missing = {"run", "defense", "attack", "setting", *THREAT_MODEL_COLUMNS} - set(rows.columns)
+    missing = {"run", "defense", "defense_type", "defense_config", "attack", "setting",
+               *THREAT_MODEL_COLUMNS} - set(rows.columns)
     if missing:
         raise LeaderboardError(f"rows lack the columns {sorted(missing)} (row schema 2, bench/schema.py)")
-    out = rows.assign(defense=defense_labels(rows))
-    clean = out["setting"] == CLEAN_SETTING
-    if clean.any():
-        out = out.assign(norm=out["norm"].where(~clean, ""), eps=out["eps"].where(~clean, math.nan))
-    return out
+    return _blank_clean_threat(rows).assign(defense=defense_labels(rows))
 
 
 def check_reference(rows: pd.DataFrame, reference: str | None) -> None:

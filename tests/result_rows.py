@@ -15,7 +15,7 @@ def cell_rows(defense: str, attack: str, seed: int, robust: Sequence[int], *, cl
               attack_type: str = "pgd-eot", defense_type: str | None = None, steps: int = 10, eot: int = 4,
               restarts: int = 1, success: str = "final", gradient: str = "full", attack_config: str = "{}",
               net_evals: float = 12.0, seconds: float = 0.5, image_ids: Sequence[int] | None = None,
-              classifier: str = "resnet20", dataset: str = "cifar10") -> list[dict]:
+              classifier: str = "resnet20", dataset: str = "cifar10", task_id: str | None = None) -> list[dict]:
     """Rows of one (defense, attack, seed) over images ``image_ids`` (default 0..len(robust)-1).
 
     ``clean`` defaults to all correct (for a ``clean`` setting cell: to ``robust``, the clean flags);
@@ -33,7 +33,7 @@ def cell_rows(defense: str, attack: str, seed: int, robust: Sequence[int], *, cl
         pred = label if ok else (label + 1) % 10
         adv = label if rob else (label + 1) % 10
         rows.append({
-            "task_id": f"{run}-{defense}-{attack}-{seed}", "run": run, "dataset": dataset, "split": "test",
+            "task_id": task_id or f"{run}-{defense}-{attack}-{seed}", "run": run, "dataset": dataset, "split": "test",
             "classifier": classifier, "norm": norm, "eps": eps, "defense": defense,
             "defense_type": defense_type or defense, "defense_config": "{}", "attack": attack,
             "attack_type": attack_type, "attack_config": attack_config, "steps": steps, "eot": eot,

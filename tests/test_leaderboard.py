@@ -173,6 +173,15 @@ def test_runs_merge_by_threat_model_and_equal_names_are_disambiguated():
     assert _row(leaderboard(pd.concat([a, b]), reference="none [a]"), "lp", "pgd").paired_test == MCNEMAR
 
 
+def test_same_defense_at_other_eps_in_another_run_keeps_its_name_unless_its_config_differs():
+    a = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0], run="eps4", eps=4 / 255))
+    b = frame(cell_rows("lp", "pgd", 0, [1, 0, 0, 0], run="eps8", eps=8 / 255))
+    table = leaderboard(pd.concat([a, b], ignore_index=True))
+    assert set(table.defense) == {"lp"} and sorted(table.eps.unique() * 255) == pytest.approx([4, 8])
+    b2 = b.assign(defense_config='{"cutoff": 16}')
+    assert set(leaderboard(pd.concat([a, b2])).defense) == {"lp [eps4]", "lp [eps8]"}
+
+
 def test_paper_comes_from_the_defense_plugin():
     table = leaderboard(_rows())
     assert "arXiv" not in _row(table, "none", "pgd").paper
