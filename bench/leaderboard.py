@@ -218,6 +218,13 @@ def _paper(defense_type: str, defense_config: str) -> str:
         return ""
 
 
+def _attack_identity(cell: pd.DataFrame | None) -> tuple:
+    """What makes two cells "the same attack" for pairing (:data:`ATTACK_IDENTITY`); None: the worst case."""
+    if cell is None:
+        return (WORST_CASE,)
+    return tuple(cell[c].iloc[0] for c in ATTACK_IDENTITY)
+
+
 def _tm_key(values: tuple) -> tuple[str, ...]:
     # NaN (the eps of clean cells) never equals itself: compare threat models as strings
     return tuple(str(v) for v in values)
@@ -266,39 +273,27 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
     rows = labelled(rows)
     records = _records(rows)
     records = pd.concat([records, worst_case_records(records)], ignore_index=True)
-    by_cell = {key: grp for key, grp in records.groupby(_KEY, sort=False, dropna=False)}
-    cell_rows = {key: grp for key, grp in rows.groupby(_KEY, sort=False, dropna=False)}
+    by_cell = dict(iter(records.groupby(_KEY, sort=False, dropna=False)))
+    cells = dict(iter(rows.groupby(_KEY, sort=False, dropna=False)))
     papers = {d: _paper(t, c) for d, t, c in rows[["defense", "defense_type", "defense_config"]]
               .drop_duplicates("defense").itertuples(index=False)}
-
-    def attack_identity(key: tuple) -> tuple:
-        cell = cell_rows.get(key)
-        if cell is None:  # worst case
-            return (WORST_CASE,)
-        return tuple(cell[c].iloc[0] for c in ATTACK_IDENTITY)
-
-    ref_cells: dict[tuple, tuple] = {}
-    if reference is not None:
-        for key in by_cell:
-            if key[len(THREAT_MODEL)] == reference:
-                ref_cells[(_tm_key(key[: len(THREAT_MODEL)]), attack_identity(key))] = key
+    runs_of = rows.groupby("defense")["run"].unique()
+    # the reference's cells, by (threat model, attack identity): what each row is paired with
+    ref_cells = {(_tm_key(key[: len(THREAT_MODEL)]), _attack_identity(cells.get(key))): key
+                 for key in by_cell if reference is not None and key[len(THREAT_MODEL)] == reference}
 
     out = []
     for key, grp in by_cell.items():
-        tm, defense, attack = key[: len(THREAT_MODEL)], key[-2], key[-1]
-        cell = cell_rows.get(key)
+        tm, defense = key[: len(THREAT_MODEL)], key[-2]
+        cell = cells.get(key)
         row = dict(zip(_KEY, key))
-        if cell is not None:
-            row |= _budget(cell)
-        else:
-            row |= {c: None for c in BUDGET_COLUMNS}
-            row["runs"] = ",".join(str(r) for r in pd.unique(rows.loc[rows["defense"] == defense, "run"]))
+        row |= _budget(cell) if cell is not None else {
+            **{c: None for c in BUDGET_COLUMNS}, "runs": ",".join(map(str, runs_of[defense]))}
         row |= _summary(grp)
         p, test = math.nan, ""
-        ref_key = ref_cells.get((_tm_key(tm), attack_identity(key)))
+        ref_key = ref_cells.get((_tm_key(tm), _attack_identity(cell)))
         if ref_key is not None and defense != reference:
-            column = "clean" if tm[-1] == CLEAN_SETTING else "robust"
-            p, test = _paired(grp, by_cell[ref_key], column)
+            p, test = _paired(grp, by_cell[ref_key], "clean" if tm[-1] == CLEAN_SETTING else "robust")
         row |= {"reference": reference or "", "p_value": p, "paired_test": test, "paper": papers.get(defense, "")}
         out.append(row)
     table = pd.DataFrame(out, columns=COLUMNS)
