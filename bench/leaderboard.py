@@ -1,218 +1,318 @@
-"""The leaderboard: per-sample rows of a run -> accuracy tables (SPEC §4). Pure pandas, no Ray.
+"""The leaderboard: per-sample rows of one or more runs -> accuracy table per threat model (SPEC §4).
 
-For each defense x attack cell, and for each defense over all its attacks, it reports
+Aggregation only (pandas); intervals and tests come from :mod:`bench.stats`, text formats from
+:mod:`bench.render`, the web report from :mod:`bench.report`.
 
-- standard and robust accuracy as mean ± std over seeds: accuracy is computed per seed over the
-  cell's images, then the mean and the sample standard deviation (``ddof=1``, :data:`STD_DDOF`; blank
-  with a single seed) of those per-seed accuracies are taken — the "mean ± std over runs" of the
-  DiffPure / FreqPure tables;
-- ``n``: distinct images, and the number of seeds;
-- a percentile bootstrap confidence interval of the robust accuracy over images: each image's
-  robust rate (averaged over seeds) is resampled with replacement :data:`BOOTSTRAP_SAMPLES` times with
-  a fixed generator (``numpy.random.default_rng(BOOTSTRAP_SEED)``) so the table is reproducible;
-- optionally McNemar's exact test against the reference defense (``none``) on the same
-  (attack, setting, seed, image) pairs: two-sided binomial p-value on the discordant pairs. Seeds of
-  one image are treated as separate pairs, which makes the p-value approximate when seeds correlate.
+**Threat model.** Every number is computed within one threat model, :data:`THREAT_MODEL`: the
+row schema's ``THREAT_MODEL_COLUMNS`` (dataset, split, classifier, norm, eps) plus the ``setting``
+(``adaptive``, ``oblivious``, or ``clean`` for clean-only cells). Clean-only cells (``attacks: []``:
+the no-op attack, setting ``clean``) form a clean-accuracy table per (dataset, split, classifier);
+their norm and eps are blank because a clean accuracy does not depend on them.
 
-Worst case over attacks (SPEC §4): an (image, seed) is robust for a defense only if it is robust under
-every attack run on it; computed separately for the ``adaptive`` and the ``oblivious`` settings (an
-oblivious attack never sees the defense, so mixing the two would hide which threat model a number
-answers), and labelled as such. Only (image, seed) pairs that every attack of the setting covers are
-counted. Its standard accuracy is the mean of the attacks' clean evaluations (they differ only for a
-stochastic defense, whose K-vote clean decision is redrawn in each task).
+**Rows of the table**, per threat model: one per defense x attack, then the defense's *worst case*
+over the attacks of that threat model (an (image, seed) is robust only if robust under every attack;
+(image, seed) pairs some attack did not cover are left out). Each row has
+
+- the attack's budget (steps, EOT draws, restarts, success rule, gradient mode as recorded);
+- ``n_images`` and ``n_seeds``;
+- clean and robust accuracy as mean ± std over seeds: the accuracy over the images of each seed,
+  then the mean and the sample std (``ddof=1``, :data:`STD_DDOF`; NaN with one seed) of those;
+- a 95 % interval for each accuracy with images as the unit (:func:`bench.stats.accuracy_interval`:
+  Clopper-Pearson, or a cluster bootstrap over images with several seeds, exact hull at 0 %/100 %);
+- a paired test against the reference defense on the same (image, seed) pairs under the same
+  attack (same name, type, configuration and budget), or worst case vs worst case
+  (:func:`bench.stats.paired_test`: exact McNemar, or an exact sign-flip test with several seeds);
+- compute per image: mean ``net_evals`` and ``seconds`` over the cell's rows (the worst case: their
+  sum over the attacks);
+- ``paper``: the defense plugin's ``paper`` attribute (citation with arXiv id).
+
+**Several runs.** Rows of several runs are merged per threat model. A defense name used by several
+runs is labelled ``name [run]`` when the runs' cells differ or meet in one threat model
+(:func:`defense_labels`), so cells of different runs never merge silently and a worst case never
+spans runs; the same defense at different eps in different runs keeps its name (an eps ladder).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from bench.schema import THREAT_MODEL_COLUMNS
+from bench.stats import CONFIDENCE, NO_INTERVAL, accuracy_interval, paired_test
+
+#: The columns an aggregate never mixes.
+THREAT_MODEL = (*THREAT_MODEL_COLUMNS, "setting")
 #: Standard deviation over seeds uses the sample estimator (divides by n_seeds - 1).
 STD_DDOF = 1
-#: Bootstrap over images: resamples, generator seed, and two-sided confidence level.
-BOOTSTRAP_SAMPLES = 1000
-BOOTSTRAP_SEED = 0
-CONFIDENCE = 0.95
 #: Label of the worst-case rows in the ``attack`` column.
 WORST_CASE = "worst case"
+CLEAN_SETTING = "clean"
+SETTING_ORDER = ("adaptive", "oblivious", CLEAN_SETTING)
+#: What identifies "the same attack" when pairing a defense with the reference.
+ATTACK_IDENTITY = ("attack", "attack_type", "attack_config", "steps", "eot", "restarts", "success")
+BUDGET_COLUMNS = ("attack_type", "steps", "eot", "restarts", "success", "gradient")
 
 COLUMNS = [
-    "defense", "attack", "setting", "n_images", "n_seeds", "standard_mean", "standard_std", "robust_mean",
-    "robust_std", "robust_ci_low", "robust_ci_high", "mcnemar_p",
+    *THREAT_MODEL, "defense", "attack", *BUDGET_COLUMNS, "runs", "n_images", "n_seeds",
+    "clean_mean", "clean_std", "clean_ci_low", "clean_ci_high", "clean_ci_method",
+    "robust_mean", "robust_std", "robust_ci_low", "robust_ci_high", "robust_ci_method",
+    "reference", "p_value", "paired_test", "net_evals_per_image", "seconds_per_image", "paper",
 ]
 
+_KEY = [*THREAT_MODEL, "defense", "attack"]
+_SAMPLE = ["seed", "image_id"]
 
-def bootstrap_ci(values: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
-                 confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (one value per image).
 
-    Args:
-        values: Per-image values (e.g. robust rate over seeds), shape (n,).
-        samples: Bootstrap resamples (default 1000).
-        seed: Generator seed (default 0), so the interval is reproducible.
-        confidence: Two-sided level (default 0.95).
+class LeaderboardError(ValueError):
+    """Bad input to the leaderboard (an unknown reference defense, rows missing columns)."""
+
+
+def _blank_clean_threat(rows: pd.DataFrame) -> pd.DataFrame:
+    # a clean accuracy does not depend on norm or eps: clean cells of any eps share one table
+    clean = rows["setting"] == CLEAN_SETTING
+    if not clean.any():
+        return rows
+    return rows.assign(norm=rows["norm"].where(~clean, ""), eps=rows["eps"].where(~clean, math.nan))
+
+
+def defense_labels(rows: pd.DataFrame) -> pd.Series:
+    """Each row's defense label: the cell name, or ``name [run]`` when runs disagree on that name.
+
+    A name used by several runs is labelled with the run when their cells differ (defense type or
+    resolved parameters) or when two of those runs evaluated it under the same threat model and
+    setting (their rows would otherwise merge into one cell). The same defense at different eps in
+    different runs keeps one label, so its eps ladder spans the runs.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    rows = _blank_clean_threat(rows)
+    cells = rows[["defense", "run", "defense_type", "defense_config", *THREAT_MODEL]].drop_duplicates()
+    shared = set()
+    for name, grp in cells.groupby("defense", sort=False):
+        if grp["run"].nunique() < 2:
+            continue
+        differ = len(grp[["defense_type", "defense_config"]].drop_duplicates()) > 1
+        collide = (grp.groupby(_tm_strings(grp, THREAT_MODEL))["run"].nunique() > 1).any()
+        if differ or collide:
+            shared.add(name)
+    mask = rows["defense"].isin(shared)
+    return rows["defense"].where(~mask, rows["defense"] + " [" + rows["run"] + "]")
 
 
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts ``b`` and ``c`` (1.0 when none)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
+def labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``defense`` replaced by :func:`defense_labels` and clean cells' norm/eps blanked."""
+    missing = {"run", "defense", "defense_type", "defense_config", "attack", "setting",
+               *THREAT_MODEL_COLUMNS} - set(rows.columns)
+    if missing:
+        raise LeaderboardError(f"rows lack the columns {sorted(missing)} (row schema 2, bench/schema.py)")
+    return _blank_clean_threat(rows).assign(defense=defense_labels(rows))
 
 
-def _summary(records: pd.DataFrame) -> dict[str, float]:
-    """Records (seed, image_id, clean, robust) of one row of the table -> its statistics."""
-    per_seed = records.groupby("seed")[["clean", "robust"]].mean()
-    per_image = records.groupby("image_id")["robust"].mean().to_numpy()
-    low, high = bootstrap_ci(per_image)
-    n_seeds = len(per_seed)
-    return {
-        "n_images": int(records["image_id"].nunique()),
-        "n_seeds": n_seeds,
-        "standard_mean": float(per_seed["clean"].mean()),
-        "standard_std": float(per_seed["clean"].std(ddof=STD_DDOF)) if n_seeds > STD_DDOF else math.nan,
-        "robust_mean": float(per_seed["robust"].mean()),
-        "robust_std": float(per_seed["robust"].std(ddof=STD_DDOF)) if n_seeds > STD_DDOF else math.nan,
-        "robust_ci_low": low,
-        "robust_ci_high": high,
-    }
+def check_reference(rows: pd.DataFrame, reference: str | None) -> None:
+    """Raise :class:`LeaderboardError` naming the allowed defenses when ``reference`` is not one of them."""
+    if reference is None:
+        return
+    allowed = list(pd.unique(defense_labels(rows)))
+    if reference not in allowed:
+        raise LeaderboardError(f"unknown reference defense {reference!r}; allowed: {', '.join(allowed)}")
 
 
+def default_reference(rows: pd.DataFrame) -> str | None:
+    """``none`` (the bare classifier) when the rows have that defense, else no reference."""
+    return "none" if "none" in set(defense_labels(rows)) else None
+
+
+# -- per-sample records ------------------------------------------------------------------------------
 def _records(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per-cell records: one per (defense, attack, setting, seed, image)."""
-    out = rows[["defense", "attack", "setting", "seed", "image_id", "clean_correct", "robust"]].rename(
+    """One record per (threat model, defense, attack, seed, image): clean, robust (NaN for clean cells), cost."""
+    out = rows[[*_KEY, *_SAMPLE, "clean_correct", "robust", "net_evals", "seconds"]].rename(
         columns={"clean_correct": "clean"})
-    return out.astype({"clean": float, "robust": bool})
+    out = out.astype({"clean": float, "robust": float})
+    return out.assign(robust=out["robust"].where(out["setting"] != CLEAN_SETTING, math.nan))
 
 
-def worst_case_records(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (defense, setting, seed, image): robust only if robust under every attack of the setting.
+def worst_case_records(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (threat model, defense, seed, image): robust only if robust under every attack of the threat model.
 
-    (image, seed) pairs missing from some attack of the setting are dropped, so the worst case never
-    silently counts fewer attacks for some images.
+    Clean cells have no worst case. (image, seed) pairs missing from some attack are dropped, so the
+    worst case never silently counts fewer attacks for some images. Cost: sum over the attacks.
     """
-    recs = _records(rows)
-    n_attacks = recs.groupby(["defense", "setting"])["attack"].nunique().rename("n_attacks")
-    g = recs.groupby(["defense", "setting", "seed", "image_id"]).agg(
-        clean=("clean", "mean"), robust=("robust", "all"), covered=("attack", "nunique"))
-    g = g.join(n_attacks, on=["defense", "setting"]).reset_index()
+    recs = records[records["setting"] != CLEAN_SETTING]
+    if recs.empty:
+        return recs.iloc[0:0]
+    group = [*THREAT_MODEL, "defense"]
+    n_attacks = recs.groupby(group, dropna=False)["attack"].nunique().rename("n_attacks")
+    g = recs.groupby([*group, *_SAMPLE], dropna=False).agg(
+        clean=("clean", "mean"), robust=("robust", "min"), covered=("attack", "nunique"),
+        net_evals=("net_evals", "sum"), seconds=("seconds", "sum"))
+    g = g.join(n_attacks, on=group).reset_index()
     g = g[g["covered"] == g["n_attacks"]]
-    return g.assign(attack=WORST_CASE)[["defense", "attack", "setting", "seed", "image_id", "clean", "robust"]]
+    return g.assign(attack=WORST_CASE)[records.columns]
 
 
-def _mcnemar(records: pd.DataFrame, reference: str) -> pd.Series:
-    """p-value of each (defense, attack, setting) vs the reference defense on shared pairs."""
-    keys = ["attack", "setting", "seed", "image_id"]
-    ref = records[records["defense"] == reference].set_index(keys)["robust"]
-    out = {}
-    for (defense, attack, setting), grp in records.groupby(["defense", "attack", "setting"], sort=False):
-        if defense == reference or ref.empty:
-            continue
-        paired = grp.set_index(keys)["robust"].to_frame("d").join(ref.rename("r"), how="inner")
-        if paired.empty:
-            continue
-        b = int((paired["d"] & ~paired["r"]).sum())
-        c = int((~paired["d"] & paired["r"]).sum())
-        out[(defense, attack, setting)] = mcnemar_exact(b, c)
-    return pd.Series(out, dtype=float)
+# -- statistics of one table row ---------------------------------------------------------------------
+def _mean_std(per_seed: pd.Series) -> tuple[float, float]:
+    if per_seed.isna().all():
+        return math.nan, math.nan
+    std = float(per_seed.std(ddof=STD_DDOF)) if len(per_seed) > STD_DDOF else math.nan
+    return float(per_seed.mean()), std
 
 
-def leaderboard(rows: pd.DataFrame, *, reference: str | None = "none") -> pd.DataFrame:
-    """The table: one row per defense x attack, then the defense's worst case per setting.
+def _summary(records: pd.DataFrame) -> dict[str, object]:
+    per_seed = records.groupby("seed")[["clean", "robust"]].mean()
+    per_image = records.groupby("image_id")[["clean", "robust"]].mean()
+    out: dict[str, object] = {"n_images": int(len(per_image)), "n_seeds": int(len(per_seed))}
+    for name in ("clean", "robust"):
+        mean, std = _mean_std(per_seed[name])
+        ci = NO_INTERVAL if math.isnan(mean) else accuracy_interval(per_image[name].to_numpy())
+        out |= {f"{name}_mean": mean, f"{name}_std": std, f"{name}_ci_low": ci.low, f"{name}_ci_high": ci.high,
+                f"{name}_ci_method": ci.method}
+    out |= {"net_evals_per_image": float(records["net_evals"].mean()),
+            "seconds_per_image": float(records["seconds"].mean())}
+    return out
+
+
+def _budget(rows: pd.DataFrame) -> dict[str, object]:
+    """The recorded budget of one (defense, attack) cell (several values joined by '/', never hidden)."""
+    out: dict[str, object] = {}
+    for col in BUDGET_COLUMNS:
+        values = list(pd.unique(rows[col]))
+        out[col] = values[0] if len(values) == 1 else "/".join(str(v) for v in values)
+    out["runs"] = ",".join(str(r) for r in pd.unique(rows["run"]))
+    return out
+
+
+def _outcome_matrix(records: pd.DataFrame, column: str) -> pd.DataFrame:
+    return records.pivot_table(index="image_id", columns="seed", values=column, aggfunc="mean")
+
+
+def _paired(records: pd.DataFrame, ref_records: pd.DataFrame, column: str) -> tuple[float, str]:
+    a = _outcome_matrix(records, column)
+    b = _outcome_matrix(ref_records, column)
+    images = a.index.intersection(b.index)
+    seeds = a.columns.intersection(b.columns)
+    if images.empty or seeds.empty:
+        return math.nan, ""
+    a, b = a.loc[images, seeds].to_numpy(), b.loc[images, seeds].to_numpy()
+    shared = ~np.isnan(a) & ~np.isnan(b)
+    return paired_test(np.where(shared, a, np.nan), np.where(shared, b, np.nan))
+
+
+# -- the table -------------------------------------------------------------------------------------------
+def _paper(defense_type: str, defense_config: str) -> str:
+    """The defense plugin's ``paper`` attribute; a chain cites its parts."""
+    from bench.registry import DEFENSES, PluginError
+
+    if defense_type == "chain":
+        try:
+            parts = json.loads(defense_config).get("parts", [])
+        except (ValueError, AttributeError):
+            parts = []
+        papers = [_paper(p.get("type", ""), json.dumps(p.get("params", {}))) for p in parts if isinstance(p, dict)]
+        return "; ".join(dict.fromkeys(p for p in papers if p))
+    try:
+        return str(getattr(DEFENSES.get(defense_type), "paper", ""))
+    except PluginError:
+        return ""
+
+
+def _attack_identity(cell: pd.DataFrame | None) -> tuple:
+    """What makes two cells "the same attack" for pairing (:data:`ATTACK_IDENTITY`); None: the worst case."""
+    if cell is None:
+        return (WORST_CASE,)
+    return tuple(cell[c].iloc[0] for c in ATTACK_IDENTITY)
+
+
+def _tm_key(values: tuple) -> tuple[str, ...]:
+    # NaN (the eps of clean cells) never equals itself: compare threat models as strings
+    return tuple(str(v) for v in values)
+
+
+def _tm_strings(frame: pd.DataFrame, columns: tuple[str, ...] = THREAT_MODEL_COLUMNS) -> pd.Series:
+    """One string per row naming its threat model (NaN-safe, for grouping and ordering)."""
+    keys = ["|".join(map(str, t)) for t in frame[list(columns)].itertuples(index=False)]
+    return pd.Series(keys, index=frame.index, dtype=object)
+
+
+def _order(table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Threat models, defenses and attacks in order of first appearance; settings adaptive, oblivious,
+    clean; the worst case after a defense's attacks."""
+    tms = list(pd.unique(_tm_strings(rows[list(THREAT_MODEL_COLUMNS)].drop_duplicates())))
+    defenses, attacks = list(pd.unique(rows["defense"])), [*pd.unique(rows["attack"]), WORST_CASE]
+    settings = [*SETTING_ORDER, *sorted(set(rows["setting"]) - set(SETTING_ORDER))]
+    keys = pd.DataFrame({
+        "tm": _tm_strings(table).map(tms.index),
+        "setting": table["setting"].map(settings.index),
+        "defense": table["defense"].map(defenses.index),
+        "attack": table["attack"].map(attacks.index),
+    })
+    order = keys.sort_values(["tm", "setting", "defense", "attack"], kind="stable").index
+    return table.loc[order].reset_index(drop=True)
+
+
+def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataFrame:
+    """The table: per threat model, one row per defense x attack and the defense's worst case.
 
     Args:
-        rows: Per-sample rows of a run (``bench.schema.ROW_SCHEMA`` columns).
-        reference: Defense to compare against with McNemar's test (default ``"none"``; None skips
-            it; missing from the run: the column stays empty).
+        rows: Per-sample rows of one or more runs (``bench.schema.ROW_SCHEMA`` columns).
+        reference: Defense label to compare every other defense with (paired test on the same
+            images); None: no test. Use :func:`default_reference` for the usual ``none``.
 
     Returns:
-        A DataFrame with :data:`COLUMNS`; accuracies are fractions in [0, 1]. Defenses and attacks
-        keep their order of first appearance in ``rows``.
+        A DataFrame with :data:`COLUMNS`, accuracies as fractions in [0, 1]; worst-case rows have
+        ``attack == WORST_CASE`` and blank budget columns.
+
+    Raises:
+        LeaderboardError: ``reference`` is not a defense of ``rows`` (the message lists them).
     """
     if rows.empty:
         return pd.DataFrame(columns=COLUMNS)
-    records = pd.concat([_records(rows), worst_case_records(rows)], ignore_index=True)
-    p_values = _mcnemar(records, reference) if reference is not None else pd.Series(dtype=float)
-    defenses = list(pd.unique(rows["defense"]))
-    attacks = list(pd.unique(rows["attack"])) + [WORST_CASE]
-    settings = ["adaptive", "oblivious"] + sorted(set(rows["setting"]) - {"adaptive", "oblivious"})
+    check_reference(rows, reference)
+    rows = labelled(rows)
+    records = _records(rows)
+    records = pd.concat([records, worst_case_records(records)], ignore_index=True)
+    by_cell = dict(iter(records.groupby(_KEY, sort=False, dropna=False)))
+    cells = dict(iter(rows.groupby(_KEY, sort=False, dropna=False)))
+    papers = {d: _paper(t, c) for d, t, c in rows[["defense", "defense_type", "defense_config"]]
+              .drop_duplicates("defense").itertuples(index=False)}
+    runs_of = rows.groupby("defense")["run"].unique()
+    # the reference's cells, by (threat model, attack identity): what each row is paired with
+    ref_cells = {(_tm_key(key[: len(THREAT_MODEL)]), _attack_identity(cells.get(key))): key
+                 for key in by_cell if reference is not None and key[len(THREAT_MODEL)] == reference}
+
     out = []
-    for (defense, attack, setting), grp in records.groupby(["defense", "attack", "setting"], sort=False):
-        key = (defense, attack, setting)
-        out.append({"defense": defense, "attack": attack, "setting": setting, **_summary(grp),
-                    "mcnemar_p": float(p_values.get(key, math.nan))})
+    for key, grp in by_cell.items():
+        tm, defense = key[: len(THREAT_MODEL)], key[-2]
+        cell = cells.get(key)
+        row = dict(zip(_KEY, key))
+        row |= _budget(cell) if cell is not None else {
+            **{c: None for c in BUDGET_COLUMNS}, "runs": ",".join(map(str, runs_of[defense]))}
+        row |= _summary(grp)
+        p, test = math.nan, ""
+        ref_key = ref_cells.get((_tm_key(tm), _attack_identity(cell)))
+        if ref_key is not None and defense != reference:
+            p, test = _paired(grp, by_cell[ref_key], "clean" if tm[-1] == CLEAN_SETTING else "robust")
+        row |= {"reference": reference or "", "p_value": p, "paired_test": test, "paper": papers.get(defense, "")}
+        out.append(row)
     table = pd.DataFrame(out, columns=COLUMNS)
-    order = (table["defense"].map(defenses.index) * 10_000 + table["attack"].map(attacks.index) * 10
-             + table["setting"].map(settings.index))
-    return table.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
+    for col in ("steps", "eot", "restarts"):
+        try:  # integers with a blank for worst-case rows (not floats)
+            table[col] = table[col].astype("Int64")
+        except (TypeError, ValueError):  # a cell recorded several budgets: kept as the joined text
+            pass
+    return _order(table, rows)
 
 
-# -- rendering ------------------------------------------------------------------------------------------
-def _pct(x: float) -> str:
-    return "" if math.isnan(x) else f"{100 * x:.2f}"
-
-
-def _pm(mean: float, std: float) -> str:
-    return _pct(mean) if math.isnan(std) else f"{_pct(mean)} ± {_pct(std)}"
-
-
-def notes(table: pd.DataFrame | None = None) -> list[str]:
-    """The footnotes every rendering carries (how the numbers were computed)."""
-    return [
-        "Accuracies in %; mean ± std over seeds (sample std, ddof=1; blank with one seed).",
-        f"{int(CONFIDENCE * 100)}% CI: percentile bootstrap over images ({BOOTSTRAP_SAMPLES} resamples, "
-        f"numpy default_rng seed {BOOTSTRAP_SEED}) of the per-image robust rate.",
-        f"'{WORST_CASE}': an (image, seed) is robust only if robust under every attack of that setting; "
-        "adaptive and oblivious are computed separately.",
-        "McNemar p: exact two-sided test vs 'none' on the same (attack, setting, seed, image) pairs.",
-    ]
-
-
-def to_markdown(table: pd.DataFrame, title: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table with footnotes."""
-    header = ["defense", "attack", "setting", "n", "seeds", "standard acc", "robust acc",
-              f"robust {int(CONFIDENCE * 100)}% CI", "McNemar p vs none"]
-    lines = [f"### {title}", ""] if title else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * 6) + "|"]
-    for r in table.itertuples(index=False):
-        ci = "" if math.isnan(r.robust_ci_low) else f"[{_pct(r.robust_ci_low)}, {_pct(r.robust_ci_high)}]"
-        p = "" if math.isnan(r.mcnemar_p) else f"{r.mcnemar_p:.3g}"
-        cells = [r.defense, f"**{r.attack}**" if r.attack == WORST_CASE else r.attack, r.setting,
-                 str(r.n_images), str(r.n_seeds), _pm(r.standard_mean, r.standard_std),
-                 _pm(r.robust_mean, r.robust_std), ci, p]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines + [""] + [f"- {n}" for n in notes(table)]) + "\n"
-
-
-def to_csv(table: pd.DataFrame) -> str:
-    """CSV with one column per statistic; accuracies as fractions in [0, 1], full precision."""
-    return table.to_csv(index=False)
-
-
-def render(table: pd.DataFrame, fmt: str, title: str | None = None) -> str:
-    """``fmt``: ``md`` or ``csv``."""
-    if fmt == "md":
-        return to_markdown(table, title)
-    if fmt == "csv":
-        return to_csv(table)
-    raise ValueError(f"unknown format {fmt!r}; allowed: md, csv")
+def threat_models(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """The table split by threat model, in its order: ``[(values of THREAT_MODEL, sub-table), ...]``."""
+    key = _tm_strings(table, THREAT_MODEL)
+    return [(tuple(grp.iloc[0][list(THREAT_MODEL)]), grp) for _, grp in table.groupby(key, sort=False)]
 
 
 __all__: Iterable[str] = [
-    "BOOTSTRAP_SAMPLES", "BOOTSTRAP_SEED", "CONFIDENCE", "COLUMNS", "STD_DDOF", "WORST_CASE", "bootstrap_ci",
-    "leaderboard", "mcnemar_exact", "notes", "render", "to_csv", "to_markdown", "worst_case_records",
+    "ATTACK_IDENTITY", "BUDGET_COLUMNS", "CLEAN_SETTING", "COLUMNS", "CONFIDENCE", "LeaderboardError", "STD_DDOF",
+    "THREAT_MODEL", "WORST_CASE", "check_reference", "default_reference", "defense_labels", "labelled",
+    "leaderboard", "threat_models", "worst_case_records",
 ]

@@ -31,6 +31,7 @@ GRADIENT_MODES = ("full", "surrogate", "bpda")
 class Defense(nn.Module):
     stochastic: ClassVar[bool] = False
     gradient_modes: ClassVar[tuple[str, ...]] = ("full", "bpda")
+    paper: ClassVar[str] = ""  # citation with arXiv id, shown by the leaderboard
 
     def __init__(self) -> None:
         super().__init__()

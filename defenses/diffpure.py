@@ -111,6 +111,7 @@ class DiffPure(Defense):
         ``DiffPure(backbone={"type": "score-sde", "checkpoint": "checkpoint_8.pth"}).purify(x, gen)``
     """
 
+    paper = "Nie et al., Diffusion Models for Adversarial Purification, ICML 2022, arXiv:2205.07460"
     stochastic = True
     gradient_modes = ("full", "surrogate", "bpda")
 

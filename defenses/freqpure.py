@@ -133,6 +133,7 @@ class FreqPure(Defense):
         ``FreqPure(backbone={"type": "small-unet", "checkpoint": ".cache/models/denoiser.pt"}, steps=10)``
     """
 
+    paper = "Pei et al., Diffusion-based Adversarial Purification from the Perspective of the Frequency Domain, ICML 2025, arXiv:2505.01267"
     stochastic = True
     gradient_modes = ("full", "surrogate", "bpda")
 

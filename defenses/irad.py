@@ -120,6 +120,7 @@ class IRAD(Defense):
     Usage: ``IRAD(reconstruction="Reconstruction.pt", samplenet="SampleNet.pt").purify(x)``.
     """
 
+    paper = "Cao et al., IRAD: Implicit Representation-driven Image Resampling against Adversarial Attacks, ICLR 2024, arXiv:2310.11890"
     stochastic = False
     gradient_modes = ("full", "bpda")
 

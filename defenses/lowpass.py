@@ -90,6 +90,7 @@ class LowPass(Defense):
     Usage: ``LowPass(cutoff=12).purify(x)`` with ``x`` (N, C, H, W) float in [0, 1] -> same shape.
     """
 
+    paper: ClassVar[str] = "Anonymous, A frequency domain analysis of gradient-based adversarial examples, ICLR 2021 submission, OpenReview D04TGKz5rfF"
     stochastic: ClassVar[bool] = False
     gradient_modes: ClassVar[tuple[str, ...]] = ("full", "bpda")
 

@@ -77,6 +77,7 @@ class SAR(Defense):
     Usage: ``DEFENSES.create("sar", classifier=".cache/models/sar-resnet20.pt")``.
     """
 
+    paper: ClassVar[str] = "Huang et al., A Spectral Perspective towards Understanding and Improving Adversarial Robustness, 2023, arXiv:2306.14262"
     stochastic: ClassVar[bool] = False
     gradient_modes: ClassVar[tuple[str, ...]] = ("full", "bpda")
 

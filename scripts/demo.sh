@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up bench, train the cached demo models if missing, run jobs/demo.yaml and print its leaderboard.
+# Set up bench, train the cached demo models if missing, run jobs/demo.yaml, print its leaderboard and
+# write its web report (a static site: open <results>/report/index.html in a browser).
 # Extra arguments go to `bench submit` (e.g. --address auto to use a running Ray cluster).
 #   BENCH_DATA_DIR   CIFAR-10 + classifier weights (default: ../shared/data when it exists)
 #   BENCH_CACHE_DIR  trained demo models go to $BENCH_CACHE_DIR/models (default: .cache)
@@ -45,3 +46,5 @@ done
 
 "$BENCH" submit jobs/demo.yaml --results "$RESULTS" "$@"
 "$BENCH" leaderboard demo --results "$RESULTS" --format md
+REPORT_INDEX="$("$BENCH" report demo --results "$RESULTS" --out "$RESULTS/report")"
+echo "[demo] web report: $REPORT_INDEX (static files, open it in a browser)"

@@ -5,7 +5,7 @@ by several commands are defined once (``bench/cli/common.py``). One module per c
 
     bench list defenses|attacks|classifiers|datasets|backbones      bench/cli/plugins.py
     bench submit JOB ... / bench status [RUN]                        bench/cli/run.py
-    bench leaderboard [RUN] ...                                      bench/cli/results.py
+    bench leaderboard [RUN...] / bench report [RUN...]               bench/cli/results.py
     bench train denoiser|irad|sar ...                                bench/cli/train.py
 """
 
