@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up bench, train the cached demo models if missing, run jobs/demo.yaml and print its leaderboard.
-# Extra arguments go to `bench submit` (e.g. --address auto to use a running Ray cluster).
+# Set up bench, train the cached demo models if missing, run jobs/demo.yaml, print its leaderboard and
+# its gradient-obfuscation audit. Extra arguments go to `bench submit` and `bench audit` (e.g. --address
+# auto to use a running Ray cluster).
 #   BENCH_DATA_DIR   CIFAR-10 + classifier weights (default: ../shared/data when it exists)
 #   BENCH_CACHE_DIR  trained demo models go to $BENCH_CACHE_DIR/models (default: .cache)
 #   BENCH_RESULTS    results directory (default: results)
@@ -45,3 +46,6 @@ done
 
 "$BENCH" submit jobs/demo.yaml --results "$RESULTS" "$@"
 "$BENCH" leaderboard demo --results "$RESULTS" --format md
+# gradient-obfuscation audit (README "Gradient-obfuscation audit"): its extra cells run on the first
+# 16 images and seed 0 as run demo.audit in the same results directory (re-used when re-run)
+"$BENCH" audit demo --results "$RESULTS" --images 16 "$@"
