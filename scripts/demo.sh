@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up bench, train the cached demo models if missing, run jobs/demo.yaml, print its leaderboard and
-# write its web report (a static site: open <results>/report/index.html in a browser).
-# Extra arguments go to `bench submit` (e.g. --address auto to use a running Ray cluster).
+# write its web report (a static site: open <results>/report/index.html in a browser) and run its
+# gradient-obfuscation audit. Extra arguments go to `bench submit` and `bench audit` (e.g. --address
+# auto to use a running Ray cluster).
 #   BENCH_DATA_DIR   CIFAR-10 + classifier weights (default: ../shared/data when it exists)
 #   BENCH_CACHE_DIR  trained demo models go to $BENCH_CACHE_DIR/models (default: .cache)
 #   BENCH_RESULTS    results directory (default: results)
@@ -46,5 +47,8 @@ done
 
 "$BENCH" submit jobs/demo.yaml --results "$RESULTS" "$@"
 "$BENCH" leaderboard demo --results "$RESULTS" --format md
+# gradient-obfuscation audit (README "Gradient-obfuscation audit"): its extra cells run on the first
+# 16 images and seed 0 as run demo.audit in the same results directory (re-used when re-run)
+"$BENCH" audit demo --results "$RESULTS" --images 16 "$@"
 REPORT_INDEX="$("$BENCH" report demo --results "$RESULTS" --out "$RESULTS/report")"
 echo "[demo] web report: $REPORT_INDEX (static files, open it in a browser)"

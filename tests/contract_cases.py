@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import noisy_defense  # noqa: F401  (registers the test-only ``noisy`` defense)
+import shattered_defense  # noqa: F401  (registers the test-only ``shattered`` defense of the audit tests)
 from tiny_diffusion import TinyEps  # tiny random noise predictor for the diffusion defenses
 from bench.registry import create_attack, create_defense
 
@@ -55,6 +56,7 @@ DEFENSE_CASES: dict[str, Callable[[], Any]] = {
     "none": lambda: create_defense("none"),
     "lowpass": lambda: create_defense("lowpass", cutoff=8, mask="circle"),
     "noisy": lambda: create_defense("noisy", sigma=0.1),
+    "shattered": lambda: create_defense("shattered"),
     "irad": lambda: create_defense("irad", **tiny_irad()),
     "chain": lambda: create_defense("chain", parts=[{"type": "noisy", "sigma": 0.05}, {"type": "irad", **tiny_irad()}]),
     "chain:deterministic": lambda: create_defense("chain", parts=[{"type": "lowpass", "cutoff": 8}, {"type": "irad", **tiny_irad()}]),
