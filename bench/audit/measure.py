@@ -20,11 +20,11 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from bench.schema import THREAT_MODEL_COLUMNS
+from bench.stats import CONFIDENCE, exact_interval
 
 #: Columns that describe the attack behind a row (its budget and success rule included).
 ATTACK_COLUMNS = ("attack", "attack_type", "setting", "gradient", "steps", "eot", "restarts", "success")
 PAIR = ["seed", "image_id"]
-CONFIDENCE = 0.95
 
 
 def eps_text(norm: str, eps: float) -> str:
@@ -131,8 +131,7 @@ def number_of(label: str, values: pd.Series, rows: pd.DataFrame, *, quantity: st
     k, n = int(values.sum()), int(len(values))
     ci = None
     if len(seeds) == 1:  # images are the independent units: an exact binomial interval
-        interval = binomtest(k, n).proportion_ci(confidence_level=CONFIDENCE, method="exact")
-        ci = (float(interval.low), float(interval.high))
+        ci = exact_interval(k, n, CONFIDENCE)
     return Number(label=label, quantity=quantity, value=k / n, n=n,
                   images=int(values.index.get_level_values("image_id").nunique()), seeds=seeds,
                   threat=threat_of(rows), attacks=attacks_of(rows), votes=int(rows["votes"].max()), ci95=ci, count=k)
