@@ -27,7 +27,8 @@ def data_dir() -> Path:
     """The directory holding cifar10_test.npz and weights/ (never skipped: CI has it)."""
     path = Path(os.environ.get("BENCH_DATA_DIR", DEFAULT_DATA_DIR))
     if not (path / "cifar10_test.npz").exists():
-        pytest.fail(f"real data not found in {path}; set BENCH_DATA_DIR to the shared data directory")
+        pytest.fail(f"real data not found in {path}; set BENCH_DATA_DIR to the shared data directory, or fetch it "
+                    f"there first: bench data fetch --data-dir {path} (scripts/test.sh does)")
     return path
 
 
