@@ -79,7 +79,8 @@ class Checksum:
         full = {"md5": 32, "sha256": 64, "cifar10-records-md5": 32}[self.algorithm]
         shortest = 8 if self.algorithm == "sha256" else full
         if not (shortest <= len(self.digest) <= full and all(c in "0123456789abcdef" for c in self.digest)):
-            raise ValueError(f"{self.algorithm} digest must be {shortest}..{full} lower-case hex digits, got {self.digest!r}")
+            raise ValueError(f"{self.algorithm} digest must be {shortest}..{full} lower-case hex digits, "
+                             f"got {self.digest!r}")
 
     def compute(self, path: Path) -> str:
         """The digest of ``path`` with this checksum's algorithm (full length)."""
@@ -177,7 +178,8 @@ class Catalogue:
         return Catalogue(tuple(replace(a, **changes) if a.name == name else a for a in self.artifacts))
 
 
-def checkpoint_artifact(name: str, file_name: str, size: int, sha256: str, base_url: str = AKAMASTER_BASE_URL) -> Artifact:
+def checkpoint_artifact(name: str, file_name: str, size: int, sha256: str,
+                        base_url: str = AKAMASTER_BASE_URL) -> Artifact:
     """An akamaster-style checkpoint: ``<base_url>/<file_name>``, kept as is."""
     checksum = Checksum("sha256", sha256)
     return Artifact(
@@ -192,7 +194,8 @@ def cifar10_artifact() -> Artifact:
 
     tv = TorchvisionCIFAR10
     members = [*tv.train_list, *tv.test_list, [tv.meta["filename"], tv.meta["md5"]]]
-    installed = tuple(InstalledFile(str(PurePosixPath(tv.base_folder, name)), Checksum("md5", md5)) for name, md5 in members)
+    installed = tuple(InstalledFile(str(PurePosixPath(tv.base_folder, name)), Checksum("md5", md5))
+                      for name, md5 in members)
     installed += (InstalledFile(CIFAR10_TEST_NPZ, Checksum("cifar10-records-md5", CIFAR10_TEST_RECORDS_MD5)),)
     return Artifact(
         name="cifar10", kind="cifar10-release", file_name=tv.filename, url=tv.url, size=CIFAR10_ARCHIVE_SIZE,

@@ -149,7 +149,9 @@ class CIFAR10:
         """Install the official release into ``root`` unless the split is there and verified
         (``bench.fetch``: verified, atomic, retried; the offline rule wins over ``download``)."""
         from bench.artifacts import default_catalogue
-        from bench.fetch import DataLayout, FetchOptions, inspect, install
+        from bench.data_layout import DataLayout, inspect
+        from bench.fetch import install
+        from bench.fetch_policy import FetchOptions
 
         artifact = default_catalogue().get("cifar10")
         layout = DataLayout(self.root, self.root / "weights")

@@ -21,6 +21,7 @@ import contextlib
 import http.client
 import os
 import socket
+import threading
 import time
 import urllib.error
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Callable, Iterator
 from bench.artifacts import Checksum, human_size
 
 Log = Callable[[str], None]
+_TIMEOUT_LOCK = threading.Lock()  # the socket default is per process: one transfer at a time sets it
 
 
 class DownloadError(Exception):
@@ -69,20 +71,23 @@ def socket_timeout(seconds: float) -> Iterator[None]:
     """Set the default socket timeout for the duration of a transfer.
 
     ``download_url_to_file`` opens its connection without a timeout argument, so a server that stops
-    sending would block forever; new sockets take the process default, restored afterwards.
+    sending would block forever; new sockets take the process default, restored afterwards. Transfers
+    in one process run one at a time, so threads cannot restore each other's value.
     """
-    saved = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(saved)
+    with _TIMEOUT_LOCK:
+        saved = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(seconds)
+        try:
+            yield
+        finally:
+            socket.setdefaulttimeout(saved)
 
 
 def _is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code >= 500 or exc.code == 429
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, (FileNotFoundError, PermissionError, IsADirectoryError)):
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, (FileNotFoundError, PermissionError,
+                                                                          IsADirectoryError)):
         return False  # a file:// mirror without the file: asking again will not help
     return isinstance(exc, (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError))
 
@@ -103,7 +108,7 @@ def transfer_once(url: str, staging: Path, progress: bool, timeout: float) -> No
 
 
 def download_verified(url: str, dest: Path, checksum: Checksum, size: int | None = None, *,
-                      retry: RetryPolicy = RetryPolicy(), progress: bool = True,
+                      retry: RetryPolicy | None = None, progress: bool = True,
                       log: Log = lambda message: None) -> Path:
     """Download ``url`` to ``dest`` if ``dest`` does not already have ``checksum``.
 
@@ -113,7 +118,7 @@ def download_verified(url: str, dest: Path, checksum: Checksum, size: int | None
         checksum: Expected digest of the file.
         size: Expected bytes, or None. A shorter file with a wrong checksum is a truncated transfer
             (retried); otherwise a wrong checksum is final.
-        retry: Attempts, back-off and socket timeout. Default :class:`RetryPolicy()`.
+        retry: Attempts, back-off and socket timeout. Default None: :class:`RetryPolicy()`.
         progress: Show a progress bar on stderr. Default True.
         log: Receives one line per attempt that failed. Default: silent.
 
@@ -124,6 +129,7 @@ def download_verified(url: str, dest: Path, checksum: Checksum, size: int | None
         ChecksumMismatchError: the complete file has another digest (it is deleted).
         TransferError: every attempt failed, or the server answered 4xx.
     """
+    retry = retry or RetryPolicy()
     if dest.is_file() and checksum.matches(dest):
         return dest
     staging = dest.with_name(dest.name + ".download")

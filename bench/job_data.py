@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from bench.artifacts import Artifact, Catalogue, default_catalogue
-from bench.fetch import ArtifactState, DataLayout, FetchOptions, inspect, install, require_offline
+from bench.data_layout import ArtifactState, DataLayout, inspect
+from bench.fetch import install, require_offline
+from bench.fetch_policy import FetchOptions
 
 if TYPE_CHECKING:
     from bench.spec import JobSpec

@@ -19,12 +19,14 @@ import pytest
 from click.testing import CliRunner
 
 from artifact_server import ArtifactServer, cifar10_release_files, md5, tar_gz
-from bench.artifacts import (CIFAR10_TEST_RECORDS_MD5, Checksum, InstalledFile, default_catalogue)
+from bench.artifacts import CIFAR10_TEST_RECORDS_MD5, Checksum, InstalledFile, default_catalogue
 from bench.cli import main
 from bench.cli.data import FetchContext
+from bench.data_layout import DataLayout, inspect
 from bench.datasets import CIFAR10, DatasetNotFoundError
 from bench.download import ChecksumMismatchError, RetryPolicy, TransferError
-from bench.fetch import DataLayout, FetchOptions, OfflineError, fetch, inspect, mirror_url, offline_mode
+from bench.fetch import fetch
+from bench.fetch_policy import FetchOptions, mirror_url, offline_mode
 from bench.job_data import driver_sees_cluster_files
 from bench.store import ResultStore
 
@@ -212,6 +214,19 @@ def test_a_corrupt_local_file_is_reported_and_replaced(tmp_path, server, catalog
                       "--no-progress"], catalogue)
     assert fetched.exit_code == 0, fetched.output
     assert "replacing a corrupt copy" in fetched.output and "resnet20  verified" in fetched.output
+
+
+def test_an_archive_copied_by_hand_installs_offline_and_replaces_a_corrupt_release(tmp_path, release, catalogue):
+    # an air-gapped machine: the archive was copied into the data directory; a broken unpack lies there
+    (tmp_path / ARCHIVE).write_bytes(release[0])
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"half a file")
+    lines = []
+    (state,) = fetch(["cifar10"], DataLayout.resolve(tmp_path), FetchOptions(offline=True, progress=False),
+                     catalogue=catalogue, log=lines.append)
+    assert state.complete and any("replacing" in line for line in lines)
+    assert (tmp_path / ARCHIVE).read_bytes() == release[0]  # the user's file is kept
+    assert leftovers(tmp_path) == []
 
 
 def test_concurrent_fetches_download_once(tmp_path, server, catalogue):

@@ -16,8 +16,9 @@ import click
 from bench.artifacts import Catalogue, UnknownArtifactError, default_catalogue, human_size
 from bench.cli.common import BadInput, data_dir_option, main, model_dir_option, translate_errors
 from bench.download import DownloadError, RetryPolicy
-from bench.fetch import (ArtifactState, DataDirError, DataLayout, FetchConfigError, FetchOptions, fetch_command,
-                         mirror_url)
+from bench.data_layout import ArtifactState, DataLayout, fetch_command
+from bench.fetch import DataDirError
+from bench.fetch_policy import FetchConfigError, FetchOptions, mirror_url
 from bench.job_data import Need, job_needs, prepare
 
 offline_option = click.option(
@@ -72,7 +73,7 @@ def translate_fetch_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fetch_options(offline: bool, mirror: str | None, progress: bool) -> FetchOptions:
-    """:class:`bench.fetch.FetchOptions` from the flags, the environment and the context's retry policy."""
+    """:class:`bench.fetch_policy.FetchOptions` from the flags, the environment and the context's retry policy."""
     return FetchOptions.resolve(offline, mirror, progress, fetch_context().retry)
 
 
@@ -160,7 +161,8 @@ def fetch_cmd(what: str | None, job: str | None, data_dir: str | None, model_dir
 @mirror_option
 @translate_errors
 @translate_fetch_errors
-def check_cmd(what: str | None, job: str | None, data_dir: str | None, model_dir: str | None, mirror: str | None) -> None:
+def check_cmd(what: str | None, job: str | None, data_dir: str | None, model_dir: str | None,
+              mirror: str | None) -> None:
     """List the artifacts, where they are and whether they verify (reads and checksums every file).
 
     Status: verified (every file there and matching its published digest), ready (what the job's split

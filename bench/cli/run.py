@@ -82,7 +82,7 @@ def _check_data(spec: Any, tasks: list[Any], data_dir: str | None, model_dir: st
             "fetched here; fetch it on the cluster first (`ray job submit -- bench data fetch --job JOB`)")
         return
     from bench.classifiers import load_classifier
-    from bench.fetch import DataLayout
+    from bench.data_layout import DataLayout
     from bench.job_data import classifier_model_dir, job_needs, prepare
     from bench.worker import build_dataset
 
