@@ -33,7 +33,6 @@ class DataDirError(OSError):
     """The folder an artifact goes to cannot be created or written."""
 
 
-
 def install(artifact: Artifact, layout: DataLayout, options: FetchOptions | None = None, *,
             log: Log = lambda message: None) -> ArtifactState:
     """Make every installed file of ``artifact`` present and verified, downloading only what is needed.
@@ -187,8 +186,9 @@ def require_offline(artifacts: list[Artifact], layout: DataLayout, splits: dict[
         lines.append(f"  {artifact.name}{why}: {'; '.join(state.summary())}")
     raise OfflineError(
         f"offline (--offline / {OFFLINE_ENV}=1), and these files are missing or do not verify:\n" + "\n".join(lines)
-        + f"\nFix: on a machine with network access run `{fetch_command([a for a, _ in missing], layout)}` "
-        f"(or set {MIRROR_ENV} to a mirror), or point --data-dir / $BENCH_DATA_DIR at a directory that has them.")
+        + f"\nFix: on a machine with network access run `{fetch_command([a for a, _ in missing], layout)}`, "
+        f"or drop the offline setting where a mirror is reachable ({MIRROR_ENV}), or point --data-dir / "
+        "$BENCH_DATA_DIR at a directory that has them.")
 
 
 def _derivable_offline(state: ArtifactState, split: str | None) -> bool:
