@@ -83,14 +83,17 @@ class CIFAR10:
     1. ``<root>/cifar10_test.npz`` (test split only): ``x`` uint8 (N,32,32,3) HWC RGB, ``y`` int64.
     2. ``<root>/cifar-10-batches-py``, the official Python-pickle release, read by
        ``torchvision.datasets.CIFAR10`` (which checks the MD5 of all six batch files and of
-       ``batches.meta``); fetched there when ``download=True``.
+       ``batches.meta``).
+
+    ``bench data fetch --what cifar10`` (or ``download=True``) installs both from the official archive
+    (``bench.fetch``), unless downloads are off (``BENCH_OFFLINE=1``).
 
     Args:
         root: Data directory; default None -> :func:`data_dir` (``$BENCH_DATA_DIR`` or
             ``~/.cache/bench/data``).
         split: ``"test"`` (default) or ``"train"``.
-        download: Let torchvision download the official archive into ``root`` if no source exists.
-            Default False.
+        download: Fetch the official archive into ``root`` (verified, through ``bench.fetch``) when the
+            split is missing or does not verify; ignored offline (``BENCH_OFFLINE=1``). Default False.
 
     Example:
         ``x, y = CIFAR10(split="test").images(subset_indices()[:32])``
@@ -118,36 +121,62 @@ class CIFAR10:
     def _load(self) -> None:
         if self._x is not None:
             return
+        if self.download:
+            self._fetch()
         npz = self.root / self.NPZ_NAME
         tv_dir = self.root / self.TORCHVISION_DIR
         if self.split == "test" and npz.is_file():
             with np.load(npz) as arrays:
                 x, y = arrays["x"], arrays["y"]
             self.source = npz
-        elif tv_dir.is_dir() or self.download:
+        elif tv_dir.is_dir():
             x, y = self._load_torchvision(tv_dir)
             self.source = tv_dir
         else:
             tried = ([str(npz)] if self.split == "test" else []) + [str(tv_dir)]
             raise DatasetNotFoundError(
-                f"CIFAR-10 {self.split} split not found; tried: {', '.join(tried)}. Fix: point the data "
-                f"directory at a folder holding {self.NPZ_NAME} or {self.TORCHVISION_DIR} (CLI "
-                f"--data-dir, or env {DATA_DIR_ENV}), or set `download: true` in the job's dataset "
-                "section to let torchvision download it."
+                f"CIFAR-10 {self.split} split not found; tried: {', '.join(tried)}. Fix: run "
+                f"`{self._fetch_command()}` (the official release, 163 MiB, MD5-checked), or point the data "
+                f"directory at a folder holding {self.NPZ_NAME} or {self.TORCHVISION_DIR} (CLI --data-dir, or "
+                f"env {DATA_DIR_ENV}), or set `download: true` in the job's dataset section."
             )
         self._x, self._y = self._validate(np.asarray(x), np.asarray(y))
+
+    def _fetch_command(self) -> str:
+        return f"bench data fetch --what cifar10 --data-dir {self.root}"
+
+    def _fetch(self) -> None:
+        """Install the official release into ``root`` unless the split is there and verified
+        (``bench.fetch``: verified, atomic, retried; the offline rule wins over ``download``)."""
+        from bench.artifacts import default_catalogue
+        from bench.data_layout import DataLayout, inspect
+        from bench.fetch import install
+        from bench.fetch_policy import FetchOptions
+
+        artifact = default_catalogue().get("cifar10")
+        layout = DataLayout(self.root, self.root / "weights")
+        if inspect(artifact, layout).ready_for(self.split):
+            return
+        options = FetchOptions.resolve()
+        if options.offline:
+            raise DatasetNotFoundError(
+                f"CIFAR-10 {self.split} split missing or not verified in {self.root}, and downloads are off "
+                f"(--offline / BENCH_OFFLINE=1 wins over `download: true`). Fix: run `{self._fetch_command()}` "
+                "on a machine with network access, or set BENCH_MIRROR.")
+        install(artifact, layout, options)
 
     def _load_torchvision(self, tv_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         from torchvision.datasets import CIFAR10 as TVCIFAR10  # heavy; only when this source is used
 
         try:
-            ds = TVCIFAR10(str(self.root), train=self.split == "train", download=self.download)
+            ds = TVCIFAR10(str(self.root), train=self.split == "train", download=False)
         except RuntimeError as exc:
             raise DatasetNotFoundError(
                 f"CIFAR-10 in {tv_dir} is missing or corrupted ({exc}). torchvision checks the MD5 of "
                 "all six batch files (data_batch_1..5, test_batch) and batches.meta of the official "
-                "release. Fix: set `download: true` in the job's dataset section, or put the official "
-                f"files there, or put {self.NPZ_NAME} into {self.root} (CLI --data-dir, env {DATA_DIR_ENV})."
+                f"release. Fix: run `{self._fetch_command()}` (replaces it with a verified copy), or set "
+                "`download: true` in the job's dataset section, or put the official files there, or put "
+                f"{self.NPZ_NAME} into {self.root} (CLI --data-dir, env {DATA_DIR_ENV})."
             ) from exc
         return ds.data, np.asarray(ds.targets, dtype=np.int64)
 

@@ -3,7 +3,9 @@
 # write its web report (a static site: open <results>/report/index.html in a browser) and run its
 # gradient-obfuscation audit. Extra arguments go to `bench submit` and `bench audit` (e.g. --address
 # auto to use a running Ray cluster).
-#   BENCH_DATA_DIR   CIFAR-10 + classifier weights (default: ../shared/data when it exists)
+#   BENCH_DATA_DIR   CIFAR-10 + classifier weights (default: ../shared/data when it exists, else
+#                    ~/.cache/bench/data, where the CIFAR-10 release (163 MiB) and ResNet-20 (1 MiB) are
+#                    fetched and verified on first use; BENCH_OFFLINE=1 / BENCH_MIRROR as for `bench data`)
 #   BENCH_CACHE_DIR  trained demo models go to $BENCH_CACHE_DIR/models (default: .cache)
 #   BENCH_RESULTS    results directory (default: results)
 set -euo pipefail
@@ -18,6 +20,9 @@ export BENCH_CACHE_DIR="${BENCH_CACHE_DIR:-.cache}"
 MODELS="$BENCH_CACHE_DIR/models"
 RESULTS="${BENCH_RESULTS:-results}"
 mkdir -p "$MODELS"
+
+# ---- data: what the demo job and the training below read, fetched only when missing ----------------
+"$BENCH" data fetch --job jobs/demo.yaml
 
 # ---- demo models: trained once, cached under $MODELS, each only when its file is missing ------------
 # They train on CIFAR-10 TEST images outside the 512-image evaluation subset (there is no training

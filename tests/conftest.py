@@ -11,6 +11,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 
+# Tests never touch the internet: anything that would download fails as offline instead (set before
+# any Ray instance starts, so its workers inherit it). tests/test_fetch.py turns downloads on for its
+# loopback server only.
+os.environ["BENCH_OFFLINE"] = "1"
+os.environ.pop("BENCH_MIRROR", None)
+
 # Two cores, several test workers at most: one intra-op thread keeps timings stable and avoids
 # oversubscription when Ray workers run beside the test process.
 torch.set_num_threads(int(os.environ.get("BENCH_TEST_THREADS", "1")))
@@ -21,7 +27,8 @@ def data_dir() -> Path:
     """The directory holding cifar10_test.npz and weights/ (never skipped: CI has it)."""
     path = Path(os.environ.get("BENCH_DATA_DIR", DEFAULT_DATA_DIR))
     if not (path / "cifar10_test.npz").exists():
-        pytest.fail(f"real data not found in {path}; set BENCH_DATA_DIR to the shared data directory")
+        pytest.fail(f"real data not found in {path}; set BENCH_DATA_DIR to the shared data directory, or fetch it "
+                    f"there first: bench data fetch --data-dir {path} (scripts/test.sh does)")
     return path
 
 

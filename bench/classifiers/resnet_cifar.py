@@ -118,9 +118,10 @@ def find_checkpoint(name: str, model_dir: str | os.PathLike | None = None) -> Pa
     found = sorted(folder.glob(f"{name}-*.th"))
     if not found:
         raise CheckpointNotFoundError(
-            f"no {name} checkpoint ({name}-<sha256 prefix>.th) in {folder}. Fix: pass checkpoint=..., "
-            f"or model_dir=..., or set BENCH_DATA_DIR to a folder whose weights/ holds the files of "
-            "akamaster/pytorch_resnet_cifar10 (pretrained_models/)"
+            f"no {name} checkpoint ({name}-<sha256 prefix>.th) in {folder}. Fix: run `bench data fetch "
+            f"--what {name}` (the published akamaster/pytorch_resnet_cifar10 file, sha256-checked; "
+            "--model-dir for another folder), or pass checkpoint=..., or model_dir=..., or set "
+            "BENCH_DATA_DIR to a folder whose weights/ holds the files of pretrained_models/"
         )
     if len(found) > 1:
         raise CheckpointError(f"several {name} checkpoints in {folder}: {[p.name for p in found]}; pass checkpoint=...")

@@ -3,8 +3,10 @@
 ``robustbench.utils.load_model(name, model_dir, dataset, threat_model)`` reads
 ``<model_dir>/<dataset>/<threat_model>/<name>.pt`` (ensembles: ``<name>.pt_m<i>.pt``) and downloads
 it from Google Drive when it is missing. Evaluation jobs must not reach the network silently, so here
-a missing file is an error unless ``allow_download=True``. Zoo entries that are timm models come from
-the Hugging Face hub instead and always need ``allow_download=True`` (or a warm HF cache). torch >= 2.6
+a missing file is an error unless ``allow_download=True``, and always in offline mode
+(``BENCH_OFFLINE=1`` / ``--offline``, ``bench.fetch_policy.offline_mode``), which wins over that switch.
+Zoo entries that are timm models come from the Hugging Face hub instead and always need
+``allow_download=True`` (or a warm HF cache). torch >= 2.6
 loads inside robustbench with ``weights_only=True`` by default, so no pickled code runs.
 """
 
@@ -69,6 +71,7 @@ def robustbench_model(
         dataset: ``cifar10``, ``cifar100`` or ``imagenet``. Default "cifar10".
         threat_model: ``Linf``, ``L2``, ``corruptions``. Default "Linf".
         allow_download: Let robustbench fetch a missing file (Google Drive / HF hub). Default False.
+            Offline mode (``BENCH_OFFLINE=1``, ``--offline``) wins: then nothing is downloaded.
 
     Example:
         ``load_classifier("robustbench:Standard", model_dir="models")``
@@ -77,12 +80,19 @@ def robustbench_model(
     import timm
     from robustbench.utils import load_model
 
+    from bench.fetch_policy import OFFLINE_ENV, offline_mode
+
+    offline = offline_mode()
+    if offline and allow_download:  # the one network rule: offline wins over the plugin's own switch
+        allow_download = False
+    switch = (f"downloads are off ({OFFLINE_ENV}=1 / --offline), which wins over `allow_download: true`" if offline
+              else "set `allow_download: true` to let robustbench download it")
     timm_name = f"{name.lower().replace('-', '_')}_{dataset.lower()}_{threat_model.lower()}"
     if timm.is_model(timm_name):
         if not allow_download:
             raise ZooModelNotFoundError(
                 f"robustbench model {name!r} is distributed as the timm model {timm_name!r} through the "
-                "Hugging Face hub; set `allow_download: true` to fetch it"
+                f"Hugging Face hub; {switch}"
             )
     else:
         missing = [p for p in expected_files(name, model_dir, dataset, threat_model) if not p.is_file()]
@@ -90,8 +100,7 @@ def robustbench_model(
             raise ZooModelNotFoundError(
                 f"robustbench model {name!r} not found: expected {', '.join(map(str, missing))} "
                 f"(layout <model_dir>/<dataset>/<threat_model>/<name>.pt, model_dir={str(model_dir)!r}). "
-                "Put the file there, point model_dir at the folder that holds it, or set "
-                "`allow_download: true` to let robustbench download it."
+                f"Put the file there, point model_dir at the folder that holds it; {switch}."
             )
     return load_model(name, model_dir=str(Path(model_dir).expanduser()), dataset=dataset, threat_model=threat_model)
 

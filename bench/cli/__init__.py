@@ -8,11 +8,11 @@ by several commands are defined once (``bench/cli/common.py``). One module per c
     bench leaderboard [RUN...] / bench report [RUN...]               bench/cli/results.py
     bench train denoiser|irad|sar ...                                bench/cli/train.py
     bench audit RUN ...                                              bench/cli/audit.py
+    bench data fetch|check ...                                       bench/cli/data.py
 """
 
 from bench.cli.common import BadInput, main, translate_errors
-from bench.cli import plugins, results, run, train  # noqa: F401  (each attaches its commands to main)
-from bench.cli import audit  # noqa: F401
+from bench.cli import audit, data, plugins, results, run, train  # noqa: F401  (each attaches its commands to main)
 from bench.cli.train import LazyGroup
 
 __all__ = ["BadInput", "LazyGroup", "main", "translate_errors"]

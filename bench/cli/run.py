@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import click
 
 from bench.cli.common import (absolute, address_option, data_dir_option, main, model_dir_option,
                               num_cpus_option, open_store, results_option, run_argument, translate_errors)
+from bench.cli.data import fetch_context, fetch_options, mirror_option, offline_option, translate_fetch_errors
 
 
 @main.command("submit")
@@ -23,13 +23,18 @@ from bench.cli.common import (absolute, address_option, data_dir_option, main, m
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar with ETA on stderr.")
 @click.option("--dashboard/--no-dashboard", default=True, show_default=True,
               help="Start the Ray dashboard (127.0.0.1) with a local instance.")
+@offline_option
+@mirror_option
 @translate_errors
+@translate_fetch_errors
 def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | None, model_dir: str | None,
-               num_cpus: int | None, progress: bool, dashboard: bool) -> None:
+               num_cpus: int | None, progress: bool, dashboard: bool, offline: bool, mirror: str | None) -> None:
     """Run the tasks of JOB that are not done yet and store their rows.
 
-    Re-submitting an unchanged job runs nothing; an extended job runs only its new tasks; after an
-    interruption (even SIGKILL) a re-submit finishes the run without lost or duplicated rows.
+    Before any task starts, this process fetches the public data the job reads when it is missing
+    (`bench data fetch --job JOB`; not with --offline) and checks it. Re-submitting an unchanged job
+    runs nothing; an extended job runs only its new tasks; after an interruption (even SIGKILL) a
+    re-submit finishes the run without lost or duplicated rows.
     """
     from bench.scheduler import make_backend, submit
     from bench.spec import load_job
@@ -39,7 +44,9 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     spec = load_job(job)
     data_dir, model_dir = absolute(data_dir), absolute(model_dir)
     tasks = expand_tasks(spec, data_dir=data_dir)
-    _check_data(tasks, data_dir, address)
+    options = fetch_options(offline, mirror, progress)
+    click.get_current_context().with_resource(options.environment())  # local workers inherit the policy
+    _check_data(spec, tasks, data_dir, model_dir, address, options)
     store = ResultStore(results)
     report = submit(
         spec.name, spec, tasks, store,
@@ -56,21 +63,35 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
             "re-submitting retries them")
 
 
-def _check_data(tasks: list[Any], data_dir: str | None, address: str | None) -> None:
-    """Fail with exit code 2 before starting anything when the job's data is missing on this machine.
+def _check_data(spec: Any, tasks: list[Any], data_dir: str | None, model_dir: str | None, address: str | None,
+                options: Any) -> None:
+    """Get the job's data ready before anything starts, or fail with exit code 2 naming what is missing.
 
-    Skipped for a remote cluster (``HOST:PORT``, ``ray://...``, or ``$RAY_ADDRESS``): its workers, not
-    this driver, need the data.
+    On this driver, never in a Ray worker: fetch the catalogue files the job reads (offline: list the
+    missing ones), read one image of each dataset config and build the classifier once, so missing or
+    corrupt files fail here rather than in every task. Skipped for a ``ray://`` client, whose files are
+    not the cluster's (``bench.job_data``).
     """
-    target = address or os.environ.get("RAY_ADDRESS")
-    if not tasks or target not in (None, "", "local", "serial", "auto"):
+    if not tasks:
         return
+    log = lambda message: click.echo(message, err=True)  # noqa: E731
+    from bench.job_data import driver_sees_cluster_files
+
+    if not driver_sees_cluster_files(address):
+        log("ray:// client: the data on this machine is not what the cluster reads, so it is neither checked nor "
+            "fetched here; fetch it on the cluster first (`ray job submit -- bench data fetch --job JOB`)")
+        return
+    from bench.classifiers import load_classifier
+    from bench.data_layout import DataLayout
+    from bench.job_data import classifier_model_dir, job_needs, prepare
     from bench.worker import build_dataset
 
+    prepare(job_needs(spec, DataLayout.resolve(data_dir, model_dir), fetch_context().catalogue), options, log=log)
     configs = {json.dumps(t.payload["dataset"], sort_keys=True): t for t in tasks}
     for task in configs.values():  # the plugin loads lazily: read one image of the job
         dataset = build_dataset(task.payload["dataset"], data_dir, task.payload.get("download", False))
         dataset.images(list(task.image_ids[:1]))
+    load_classifier(spec.classifier.config(), model_dir=classifier_model_dir(data_dir, model_dir))
 
 
 @main.command("status")
