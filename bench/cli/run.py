@@ -31,7 +31,7 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     Re-submitting an unchanged job runs nothing; an extended job runs only its new tasks; after an
     interruption (even SIGKILL) a re-submit finishes the run without lost or duplicated rows.
     """
-    from bench.scheduler import make_backend, submit
+    from bench.scheduler import job_metadata, make_backend, submit
     from bench.spec import load_job
     from bench.store import ResultStore
     from bench.tasks import expand_tasks
@@ -43,7 +43,8 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     store = ResultStore(results)
     report = submit(
         spec.name, spec, tasks, store,
-        lambda: make_backend(address, num_cpus=num_cpus, data_dir=data_dir, model_dir=model_dir, dashboard=dashboard),
+        lambda: make_backend(address, num_cpus=num_cpus, data_dir=data_dir, model_dir=model_dir, dashboard=dashboard,
+                             job_metadata=job_metadata(spec.name, tasks, job)),
         progress=progress, log=lambda m: click.echo(m, err=True))
     click.echo(f"run {report.run}: {report.total} tasks, {report.skipped} already done, {report.done} ran now, "
                f"{len(report.failed)} failed; wall {report.wall_seconds:.1f} s, task compute "
