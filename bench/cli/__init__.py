@@ -7,10 +7,11 @@ by several commands are defined once (``bench/cli/common.py``). One module per c
     bench submit JOB ... / bench status [RUN]                        bench/cli/run.py
     bench leaderboard [RUN] ...                                      bench/cli/results.py
     bench train denoiser|irad|sar ...                                bench/cli/train.py
+    bench plan JOB ...                                               bench/cli/plan.py
 """
 
 from bench.cli.common import BadInput, main, translate_errors
-from bench.cli import plugins, results, run, train  # noqa: F401  (each attaches its commands to main)
+from bench.cli import plan, plugins, results, run, train  # noqa: F401  (each attaches its commands to main)
 from bench.cli.train import LazyGroup
 
 __all__ = ["BadInput", "LazyGroup", "main", "translate_errors"]

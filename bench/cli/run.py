@@ -104,6 +104,20 @@ def status_cmd(run: str | None, results: Path) -> None:
             lines = [ln for ln in r.error.strip().splitlines() if ln.strip()]
             click.echo(f"  failed {r.defense}|{r.attack} seed {r.seed} shard {r.shard} "
                        f"({r.task_id[:12]}, {r.attempts} attempt(s)): {lines[-1] if lines else ''}")
+    _estimate_lines(results, run, records)
     others = [n for n in store.runs() if n != run]
     if others:
         click.echo(f"other runs in {results}: {', '.join(others)}")
+
+
+def _estimate_lines(results: Path, run: str, records: list[Any]) -> None:
+    """Estimate vs actual, when ``bench plan JOB --results DIR`` saved an estimate for this run."""
+    from bench.plan import estimate_vs_actual, load_estimate
+
+    estimate = load_estimate(results, run)
+    if estimate is None or estimate.get("total", {}).get("seconds") is None:
+        return
+    est, act, n = estimate_vs_actual(estimate, [(r.defense, r.attack, r.seconds) for r in records if r.status == "done"])
+    click.echo(f"  estimate (bench plan, {estimate['device']}, {estimate['created']}): "
+               f"{estimate['total']['seconds']:.1f} s task compute for {estimate['total']['tasks']} tasks"
+               + (f"; the {n} done: estimated {est:.1f} s, took {act:.1f} s ({act / est:.2f}x)" if n and est else ""))
