@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import signal
 import socket
@@ -359,7 +360,7 @@ def _host_port(target: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def probe_address(target: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+def probe_address(target: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> tuple[str, int]:
     """Fail fast when nothing listens at a cluster address (``ray.init`` would retry for minutes).
 
     ``auto`` is resolved the way Ray resolves it (the address file of the cluster started on this
@@ -372,8 +373,8 @@ def probe_address(target: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None
     if target == "auto":
         from ray._private import services
 
-        try:
-            resolved = services.canonicalize_bootstrap_address(target)
+        try:  # RAY_ADDRESS, else the address file of `ray start` (as recorded: no localhost rewrite)
+            resolved = services.get_ray_address_from_environment(target, None)
         except Exception as exc:  # noqa: BLE001 - ConnectionError and friends: no cluster here
             raise SchedulerError(f"--address auto: no Ray cluster is running on this machine ({exc}); "
                                  "start one with `ray start --head` or omit --address") from exc
@@ -389,6 +390,32 @@ def probe_address(target: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None
             pass
     except OSError as exc:
         raise SchedulerError(f"no Ray cluster answers at {target!r} ({exc}); check --address / RAY_ADDRESS") from exc
+    return hp
+
+
+def _use_token_if_available() -> None:
+    """Send the local Ray token (``~/.ray/auth_token``) when joining a cluster, as ``ray start`` does.
+
+    A cluster started with token authentication (Ray 2.60's default when a token exists) refuses a
+    driver without it, and ``ray.init(address=...)`` does not pick the file up by itself; an explicit
+    ``RAY_AUTH_MODE`` is left alone.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # an older Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface (127.0.0.0/8, ::1, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def dashboard_token_hint() -> str | None:
@@ -453,9 +480,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     else:
         if num_cpus is not None:
             log(f"note: --num-cpus is ignored when joining the cluster at {target}")
-        probe_address(target)
+        host, _ = probe_address(target)
+        _use_token_if_available()
+        # A cluster bound to loopback (ours, or `ray start` with the same setting) is reachable only
+        # over loopback, but Ray rewrites 127.0.0.1 to the outward IP unless the node IP is loopback.
+        joining = loopback_node() if is_loopback(host) else contextlib.nullcontext()
         try:
-            ctx = ray.init(address=target, **common)
+            with joining:
+                ctx = ray.init(address=target, **common)
         except Exception as exc:  # noqa: BLE001
             raise SchedulerError(f"no Ray cluster answers at {target!r}: {exc}") from exc
         session_dir = ctx.address_info.get("session_dir")
