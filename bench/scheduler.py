@@ -241,7 +241,10 @@ class RayBackend:
         import ray
 
         remote = ray.remote(execute_streaming)
-        fixed = dict(num_returns="streaming", max_retries=self.max_retries, retry_exceptions=False)
+        # "DEFAULT": never inherit the placement group of a caller that is itself a Ray task (a Ray Tune
+        # trial of bench.sweep drives its tasks from a 0-CPU bundle they would not fit in)
+        fixed = dict(num_returns="streaming", max_retries=self.max_retries, retry_exceptions=False,
+                     scheduling_strategy="DEFAULT")
         cap = max(1, self.max_pending or DEFAULT_MAX_QUEUED)
         queue = list(reversed(tasks))
         pending: dict[Any, tuple[Task, bool]] = {}  # generator -> (task, started)

@@ -8,10 +8,11 @@ by several commands are defined once (``bench/cli/common.py``). One module per c
     bench leaderboard [RUN] ...                                      bench/cli/results.py
     bench train denoiser|irad|sar ...                                bench/cli/train.py
     bench plan JOB ...                                               bench/cli/plan.py
+    bench sweep JOB --param PATH=V1,V2,...                           bench/cli/sweep.py
 """
 
 from bench.cli.common import BadInput, main, translate_errors
-from bench.cli import plan, plugins, results, run, train  # noqa: F401  (each attaches its commands to main)
+from bench.cli import plan, plugins, results, run, sweep, train  # noqa: F401  (each attaches its commands to main)
 from bench.cli.train import LazyGroup
 
 __all__ = ["BadInput", "LazyGroup", "main", "translate_errors"]
