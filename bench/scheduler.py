@@ -4,16 +4,19 @@ This is the only module that imports Ray (lazily, so ``bench list`` and the seri
 for it). The shape follows "Ray at the edge":
 
 - :func:`init_ray` — one init function: reuse a Ray already initialised in this process, else the
-  address given (``auto``, ``local``, ``HOST:PORT``, ``ray://...``), else ``RAY_ADDRESS``, else start
-  a local instance (dashboard bound to 127.0.0.1, its URL printed). Never ``local_mode``.
+  address given (``auto``, ``local``, ``HOST:PORT``, ``ray://...``; probed first, so a wrong one
+  fails in seconds), else ``RAY_ADDRESS``, else start a local instance bound to 127.0.0.1 only
+  (:func:`loopback_node`; dashboard URL and how to get its token printed). Never ``local_mode``.
 - :func:`execute` — the one task wrapper, run remotely: it calls ``bench.worker.run_task`` and returns
   errors as values, so an application error (bad parameters, a bug, NaNs) is recorded for its task
   and not retried blindly; Ray's ``max_retries`` covers system failures (a lost worker or node).
 - :class:`RayBackend` / :class:`SerialBackend` — the same interface: ``prepare(tasks)`` checks the
   resources against the cluster before anything is submitted (a GPU job on a cluster without GPUs
   fails fast, or falls back to CPU when the job says ``gpu_fallback: cpu``: never a hang), and
-  ``run(tasks)`` yields ``(task, outcome)`` in completion order (``ray.wait``) with a cap on the
-  number of pending tasks.
+  ``run(tasks)`` yields ``(task, outcome)`` in completion order (``ray.wait``). On Ray the whole
+  grid is queued at once (tasks named ``defense|attack|seed=S|shard=N``); each task is a streaming
+  generator that first reports its start, so ``on_start`` (the catalog's ``running``) marks only
+  what a worker really runs.
 - :func:`submit` — the driver loop: reconcile with the store, run, write each result immediately,
   show a progress bar with ETA.
 
@@ -25,9 +28,12 @@ directory (Linux; elsewhere the reaper is not started).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,6 +102,24 @@ def execute(fn: TaskFunction | None, task: Task, data_dir: str | None = None, mo
                    cpu_seconds=time.process_time() - cpu_start)
 
 
+def execute_streaming(fn: TaskFunction | None, task: Task, data_dir: str | None = None,
+                      model_dir: str | None = None) -> Iterator[Any]:
+    """:func:`execute` as a Ray streaming generator: first yields :class:`Started`, then the
+    :class:`Outcome`. The first item tells the driver that the task left Ray's queue and runs on a
+    worker, so the catalog's ``running`` set holds what really runs while the whole grid is queued."""
+    yield Started(task.task_id, host=socket.gethostname(), pid=os.getpid())
+    yield execute(fn, task, data_dir, model_dir)
+
+
+@dataclass(frozen=True)
+class Started:
+    """The signal a task sends when a worker begins it."""
+
+    task_id: str
+    host: str
+    pid: int
+
+
 # -- resources ----------------------------------------------------------------------------------
 def fit_resources(tasks: Sequence[Task], max_gpus: float, max_cpus: float, where: str) -> tuple[list[Task], list[str]]:
     """Check each task's resources against the largest node; fall back or fail before submitting.
@@ -161,9 +185,29 @@ class SerialBackend:
             yield task, execute(self.fn, task, self.data_dir, self.model_dir)
 
 
+def ray_task_name(task: Task) -> str:
+    """The Ray task name: ``defense|attack|seed=S|shard=N`` (what the dashboard lists per task).
+
+    Cell names match ``bench.spec``'s safe pattern, so the name needs no escaping.
+    """
+    return f"{task.cell}|seed={task.seed}|shard={task.shard}"
+
+
+#: Default bound on tasks queued in Ray at once. Queued tasks hold only their small specs in the
+#: driver (no worker, no object store space), so a whole grid of this size is submitted at once and
+#: the dashboard shows its real size; larger grids are fed in windows of this size.
+DEFAULT_MAX_QUEUED = 20_000
+
+
 @dataclass
 class RayBackend:
-    """Runs the tasks as Ray Core tasks, in completion order, with a cap on pending tasks.
+    """Runs the tasks as Ray Core tasks, in completion order.
+
+    Every task is a streaming generator (:func:`execute_streaming`) that first reports that it
+    started, then returns its :class:`Outcome`. So the whole grid can be queued in Ray at once —
+    the dashboard counts every task of the job, named ``defense|attack|seed=S|shard=N`` — while
+    ``on_start`` (the catalog's ``running`` state) fires only for tasks that a worker really runs,
+    and each result leaves the object store as soon as it arrives.
 
     Ray must be initialised (:func:`init_ray`) before ``prepare``/``run``.
 
@@ -171,9 +215,8 @@ class RayBackend:
         fn: Task function (default None: ``bench.worker.run_task``).
         data_dir: Data directory for the task function, as seen by the workers (default None).
         model_dir: Model directory for the task function (default None).
-        max_pending: Most tasks submitted and not yet collected (default None: twice the number of
-            tasks the cluster can run at once, at least 2) — keeps the object store and the
-            catalog's ``running`` set small on long jobs.
+        max_pending: Most tasks queued in Ray and not yet collected (default None:
+            :data:`DEFAULT_MAX_QUEUED`).
         max_retries: Ray retries when a worker dies (default 3); application errors are not retried.
     """
 
@@ -194,55 +237,74 @@ class RayBackend:
         max_cpus = max(float(n["Resources"].get("CPU", 0.0)) for n in nodes)
         return fit_resources(tasks, max_gpus, max_cpus, "the Ray cluster")
 
-    def _cap(self, tasks: Sequence[Task]) -> int:
-        if self.max_pending is not None:
-            return max(1, self.max_pending)
-        import ray
-
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        per_task = max((t.resources.cpus for t in tasks), default=1.0) or 1.0
-        return max(2, int(2 * cpus // per_task))
-
     def run(self, tasks: Sequence[Task], on_start: Callable[[Task], None] | None = None) -> Iterator[tuple[Task, Outcome]]:
         import ray
 
-        remote = ray.remote(execute)
-        cap = self._cap(tasks)
+        remote = ray.remote(execute_streaming)
+        # "DEFAULT": never inherit the placement group of a caller that is itself a Ray task (a Ray Tune
+        # trial of bench.sweep drives its tasks from a 0-CPU bundle they would not fit in)
+        fixed = dict(num_returns="streaming", max_retries=self.max_retries, retry_exceptions=False,
+                     scheduling_strategy="DEFAULT")
+        cap = max(1, self.max_pending or DEFAULT_MAX_QUEUED)
         queue = list(reversed(tasks))
-        pending: dict[Any, Task] = {}
+        pending: dict[Any, tuple[Task, bool]] = {}  # generator -> (task, started)
         try:
             while queue or pending:
                 while queue and len(pending) < cap:
                     task = queue.pop()
-                    ref = remote.options(
-                        name=task.cell,  # the dashboard groups progress by defense|attack cell
-                        num_cpus=task.resources.cpus,
-                        num_gpus=task.resources.gpus,
-                        max_retries=self.max_retries,
-                        retry_exceptions=False,
-                    ).remote(self.fn, task, self.data_dir, self.model_dir)
-                    pending[ref] = task
-                    if on_start is not None:
-                        on_start(task)
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                task = pending.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - lost worker/node after max_retries
-                    outcome = Outcome(task.task_id, error=f"system failure after {self.max_retries} retries: {exc!r}", kind="system")
-                yield task, outcome
+                    gen = remote.options(name=ray_task_name(task), num_cpus=task.resources.cpus,
+                                         num_gpus=task.resources.gpus, **fixed).remote(
+                        self.fn, task, self.data_dir, self.model_dir)
+                    pending[gen] = (task, False)
+                waitables = list(pending)
+                ready, _ = ray.wait(waitables, num_returns=1)
+                if len(waitables) > 1:  # collect everything else that is ready in the same round
+                    more, _ = ray.wait(waitables, num_returns=len(waitables), timeout=0)
+                    ready = list({id(g): g for g in [*ready, *more]}.values())
+                for gen in ready:
+                    task, started = pending[gen]
+                    try:
+                        item = ray.get(next(gen))
+                    except StopIteration:  # finished without an outcome: cannot happen, but never hang
+                        item = Outcome(task.task_id, error="the task ended without a result", kind="system")
+                    except Exception as exc:  # noqa: BLE001 - lost worker/node after max_retries
+                        item = Outcome(task.task_id, error=f"system failure after {self.max_retries} retries: {exc!r}",
+                                       kind="system")
+                    if isinstance(item, Started):
+                        pending[gen] = (task, True)
+                        if on_start is not None:
+                            on_start(task)
+                        continue
+                    del pending[gen]
+                    yield task, item
         finally:
-            for ref in pending:  # interrupted: do not leave work running for a driver that is gone
-                ray.cancel(ref, force=True)
+            for gen in pending:  # interrupted: do not leave work running for a driver that is gone
+                try:
+                    ray.cancel(gen, force=True)
+                except Exception:  # noqa: BLE001 - already finished or its worker is gone
+                    pass
+
+
+def job_metadata(run: str, tasks: Sequence[Task], job_file: str | os.PathLike | None = None) -> dict[str, str]:
+    """Metadata attached to the driver's Ray job: the run name, the grid's size and shape, the job file.
+
+    The dashboard counts only tasks already handed to Ray; these fields say what the whole grid is.
+    """
+    cells = {t.cell for t in tasks}
+    meta = {"bench_run": run, "bench_tasks": str(len(tasks)), "bench_cells": str(len(cells)),
+            "bench_seeds": str(len({t.seed for t in tasks})), "bench_shards": str(len({t.shard for t in tasks}))}
+    if job_file is not None:
+        meta["bench_job_file"] = str(job_file)
+    return meta
 
 
 def make_backend(address: str | None, *, num_cpus: int | None = None, data_dir: str | None = None,
                  model_dir: str | None = None, fn: TaskFunction | None = None, dashboard: bool = True,
-                 log: Log = _stderr) -> SerialBackend | RayBackend:
+                 job_metadata: dict[str, str] | None = None, log: Log = _stderr) -> SerialBackend | RayBackend:
     """``serial`` -> :class:`SerialBackend`; anything else initialises Ray (see :func:`init_ray`)."""
     if address == "serial":
         return SerialBackend(fn=fn, data_dir=data_dir, model_dir=model_dir)
-    init_ray(address, num_cpus=num_cpus, dashboard=dashboard, log=log)
+    init_ray(address, num_cpus=num_cpus, dashboard=dashboard, job_metadata=job_metadata, log=log)
     return RayBackend(fn=fn, data_dir=data_dir, model_dir=model_dir)
 
 
@@ -257,9 +319,132 @@ class RayInfo:
     started_here: bool
 
 
+#: Seconds to wait for a TCP answer from the address given to ``--address`` before giving up.
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+#: Ray 2.60 binds every server of a node (GCS, raylet, object manager, workers' and the driver's
+#: gRPC servers, the dashboard agent, the runtime-env agent, the Prometheus metrics exporters) to the
+#: node's IP when that IP is a loopback address, and to all interfaces otherwise. ``ray.init`` has no
+#: option for it (``_node_ip_address="127.0.0.1"`` is rewritten to the machine's outward IP by
+#: ``services.resolve_ip_for_localhost``); the node IP becomes 127.0.0.1 only through this
+#: variable, which Ray itself sets to keep single-machine instances local on macOS and Windows.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """Start Ray processes inside this block with node IP 127.0.0.1 (every port on loopback).
+
+    The variable is inherited by the processes ``ray.init`` starts (GCS, raylet, dashboard, agents)
+    and by the workers the raylet spawns later; this process's copy and Ray's cached constant are
+    restored afterwards, so a later join of a real cluster is not affected.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
+
+
+def _host_port(target: str) -> tuple[str, int] | None:
+    """``(host, port)`` of an address that names one (``HOST:PORT``, ``ray://HOST:PORT``), else None."""
+    rest = target.split("://", 1)[1] if "://" in target else target
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def probe_address(target: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> tuple[str, int]:
+    """Fail fast when nothing listens at a cluster address (``ray.init`` would retry for minutes).
+
+    ``auto`` is resolved the way Ray resolves it (the address file of the cluster started on this
+    machine). Only reachability is checked: a port that answers but is not a Ray GCS is left to Ray.
+
+    Raises:
+        SchedulerError: no cluster is recorded for ``auto``, the host does not resolve, or the TCP
+            connection is refused or times out.
+    """
+    if target == "auto":
+        from ray._private import services
+
+        try:  # RAY_ADDRESS, else the address file of `ray start` (as recorded: no localhost rewrite)
+            resolved = services.get_ray_address_from_environment(target, None)
+        except Exception as exc:  # noqa: BLE001 - ConnectionError and friends: no cluster here
+            raise SchedulerError(f"--address auto: no Ray cluster is running on this machine ({exc}); "
+                                 "start one with `ray start --head` or omit --address") from exc
+        if resolved is None:
+            raise SchedulerError("--address auto: no Ray cluster is running on this machine; start one with "
+                                 "`ray start --head` or omit --address")
+        target = resolved
+    hp = _host_port(target)
+    if hp is None:
+        raise SchedulerError(f"--address {target!r} is not auto, local, serial, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            pass
+    except OSError as exc:
+        raise SchedulerError(f"no Ray cluster answers at {target!r} ({exc}); check --address / RAY_ADDRESS") from exc
+    return hp
+
+
+def _use_token_if_available() -> None:
+    """Send the local Ray token (``~/.ray/auth_token``) when joining a cluster, as ``ray start`` does.
+
+    A cluster started with token authentication (Ray 2.60's default when a token exists) refuses a
+    driver without it, and ``ray.init(address=...)`` does not pick the file up by itself; an explicit
+    ``RAY_AUTH_MODE`` is left alone.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # an older Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface (127.0.0.0/8, ::1, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dashboard_token_hint() -> str | None:
+    """How to open a token-protected dashboard, or None when token authentication is off.
+
+    The printed URL alone shows a token dialog; the token is what ``ray get-auth-token`` prints
+    (stored in ``~/.ray/auth_token``). The token itself is never logged.
+    """
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        if get_authentication_mode() != AuthenticationMode.TOKEN:
+            return None
+    except Exception:  # noqa: BLE001 - an older Ray without token authentication
+        return None
+    return "the dashboard asks for a token: paste the output of `ray get-auth-token` (~/.ray/auth_token)"
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True, *,
-             object_store_memory: int | None = None, log: Log = _stderr) -> RayInfo:
+             object_store_memory: int | None = None, job_metadata: dict[str, str] | None = None,
+             log: Log = _stderr) -> RayInfo:
     """Attach this process to Ray: reuse -> ``address`` -> ``RAY_ADDRESS`` -> start a local instance.
+
+    A local instance listens on 127.0.0.1 only (:func:`loopback_node`); its dashboard URL is
+    printed with how to get the token it asks for. A cluster address is probed first, so a wrong
+    one fails within :data:`CONNECT_TIMEOUT_SECONDS` instead of hanging.
 
     Args:
         address: ``None`` (use ``RAY_ADDRESS`` if set, else start locally), ``"auto"`` (join the
@@ -270,10 +455,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         dashboard: Start the dashboard of a local instance on 127.0.0.1 and print its URL
             (default True).
         object_store_memory: Bytes of a local instance's object store (default None: Ray's choice).
+        job_metadata: String metadata of this driver's Ray job (``bench submit`` puts the run name
+            and the grid size there; ``ray job list`` and the dashboard's job page show it).
         log: Where messages go (default: stderr).
 
     Raises:
-        SchedulerError: nothing answers at the address.
+        SchedulerError: nothing answers at the address, or a local instance cannot start.
     """
     import ray
 
@@ -281,11 +468,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         ctx = ray.get_runtime_context()
         return RayInfo(address=ctx.gcs_address, dashboard_url=None, session_dir=None, started_here=False)
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    common = dict(configure_logging=True, logging_level="warning", log_to_driver=False)
+    common: dict[str, Any] = dict(configure_logging=True, logging_level="warning", log_to_driver=False)
+    if job_metadata:
+        common["job_config"] = ray.job_config.JobConfig(metadata=dict(job_metadata))
     if target == "local":
         try:
-            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-                           dashboard_host="127.0.0.1", object_store_memory=object_store_memory, **common)
+            with loopback_node():
+                ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                               dashboard_host="127.0.0.1", object_store_memory=object_store_memory, **common)
         except Exception as exc:  # noqa: BLE001 - Ray raises many types for a failed start
             raise SchedulerError(f"could not start a local Ray instance: {exc}") from exc
         session_dir = ctx.address_info.get("session_dir")
@@ -293,14 +483,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     else:
         if num_cpus is not None:
             log(f"note: --num-cpus is ignored when joining the cluster at {target}")
+        host, _ = probe_address(target)
+        _use_token_if_available()
+        # A cluster bound to loopback (ours, or `ray start` with the same setting) is reachable only
+        # over loopback, but Ray rewrites 127.0.0.1 to the outward IP unless the node IP is loopback.
+        joining = loopback_node() if is_loopback(host) else contextlib.nullcontext()
         try:
-            ctx = ray.init(address=target, **common)
+            with joining:
+                ctx = ray.init(address=target, **common)
         except Exception as exc:  # noqa: BLE001
             raise SchedulerError(f"no Ray cluster answers at {target!r}: {exc}") from exc
         session_dir = ctx.address_info.get("session_dir")
     url = f"http://{ctx.dashboard_url}" if getattr(ctx, "dashboard_url", None) else None
-    log(f"Ray at {ctx.address_info.get('gcs_address', target)}; dashboard: {url or 'not running'}; "
-        f"logs: {session_dir}/logs")
+    hint = dashboard_token_hint() if url else None
+    log(f"Ray at {ctx.address_info.get('gcs_address', target)}; dashboard: {url or 'not running'}"
+        + (f" ({hint})" if hint else "") + f"; logs: {session_dir}/logs")
     return RayInfo(address=ctx.address_info.get("gcs_address", target), dashboard_url=url,
                    session_dir=session_dir, started_here=target == "local")
 

@@ -5,7 +5,9 @@ calls :func:`run_task`. Heavy objects — the dataset arrays, the classifier, th
 backbones, IRAD networks) — are built once per process and reused by every task that has the same
 configuration (keyed by the canonical JSON of their config and the device), and moved to the device
 once. Attacks are cheap and carry no weights, so each task builds its own. Torch's intra-op threads
-are limited to the task's ``resources.cpus`` (``bench.device.use_cpu_threads``).
+are limited to the task's ``resources.cpus`` (``bench.device.use_cpu_threads``). Images and the
+weights of the classifier and the defense use ``bench.device.memory_format`` (channels-last by
+default: measured faster, same results up to float noise).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from bench.device import check_precision, resolve_device, use_cpu_threads
+from bench.device import check_precision, memory_format, resolve_device, use_cpu_threads
 from bench.evaluate import ShardResult, evaluate_shard
 from bench.registry import ATTACKS, DATASETS, DEFENSES
 from bench.schema import CellInfo
@@ -84,20 +86,23 @@ def build_classifier(config: dict[str, Any], device: torch.device, model_dir: st
     """The job's classifier (``bench.classifiers.load_classifier``), frozen, on ``device``."""
     from bench.classifiers import load_classifier
 
+    layout = memory_format(device)
     return _CLASSIFIERS.get(
-        _key("classifier", config, model_dir, device),
-        lambda: load_classifier(config, model_dir=model_dir, device=device),
+        _key("classifier", config, model_dir, device, str(layout)),
+        lambda: load_classifier(config, model_dir=model_dir, device=device).to(memory_format=layout),
     )
 
 
 def build_defense(config: dict[str, Any], device: torch.device) -> nn.Module:
     """``DEFENSES.create(type, **params)`` (a chain: ``type: chain, parts: [...]``), eval mode,
     parameters frozen (attacks need gradients w.r.t. the input only), on ``device``."""
+    layout = memory_format(device)
+
     def build() -> nn.Module:
         defense = DEFENSES.create(config["type"], **config["params"])
-        return defense.to(device).eval().requires_grad_(False)
+        return defense.to(device, memory_format=layout).eval().requires_grad_(False)
 
-    return _DEFENSES.get(_key("defense", config, device), build)
+    return _DEFENSES.get(_key("defense", config, device, str(layout)), build)
 
 
 def build_attack(config: dict[str, Any]) -> Any:
@@ -138,7 +143,7 @@ def run_task(task: Task, *, data_dir: str | os.PathLike | None = None, model_dir
     attack = build_attack(p["attack"])
     build_seconds = time.perf_counter() - start
     result = evaluate_shard(
-        x.to(device),
+        x.to(device, memory_format=memory_format(device)),
         y.to(device),
         task.image_ids,
         classifier=classifier,

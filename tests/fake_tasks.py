@@ -77,3 +77,15 @@ def make_tasks(run: str = "run", n: int = 6, *, images_per_task: int = 4, gpus: 
                           shard=shard, image_ids=ids, payload=dict(payload),
                           resources=Resources(gpus=gpus, cpus=1.0, gpu_fallback=gpu_fallback)))
     return tasks
+
+
+def named_task(task: Task, *, data_dir=None, model_dir=None) -> ShardResult:
+    """Logs ``<task_id> <Ray task name>`` to ``payload['calls']``, sleeps ``payload['sleep']`` s."""
+    import time
+
+    import ray
+
+    with open(task.payload["calls"], "a") as f:
+        f.write(f"{task.task_id} {ray.get_runtime_context().get_task_name()}\n")
+    time.sleep(task.payload.get("sleep", 0.0))
+    return fake_run_task(task)

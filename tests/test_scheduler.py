@@ -7,7 +7,7 @@ import pytest
 from bench import scheduler
 from bench.scheduler import RayBackend, SchedulerError, SerialBackend, fit_resources, submit
 from bench.store import DONE, FAILED, PENDING, ResultStore
-from fake_tasks import counting_task, crash_once_task, fake_run_task, make_tasks
+from fake_tasks import counting_task, crash_once_task, fake_run_task, make_tasks, named_task
 
 SPEC = {"name": "run"}
 
@@ -105,3 +105,106 @@ def test_run_function_on_ray_and_serially(ray_cluster):
     assert scheduler.run_function(_add, {"a": 2, "b": 3}, address="serial") == 5
     with pytest.raises(SchedulerError, match="GPU"):
         scheduler.run_function(_add, {"a": 1, "b": 1}, address=None, num_gpus=1)
+
+
+def test_task_names_and_running_set(tmp_path, ray_cluster):
+    """Ray task names carry defense, attack, seed and shard; the whole grid is queued at once, yet
+    a task counts as started only when a worker runs it (never more than the cluster's 2 CPUs)."""
+    calls = tmp_path / "calls.txt"
+    tasks = make_tasks(n=8, calls=str(calls), sleep=0.3)
+    events: list[tuple[str, str]] = []
+    outstanding, most = set(), 0
+    runner = RayBackend(fn=named_task)
+
+    def started(task):
+        nonlocal most
+        outstanding.add(task.task_id)
+        most = max(most, len(outstanding))
+
+    for task, outcome in runner.run(tasks, on_start=started):
+        assert outcome.ok, outcome.error
+        assert task.task_id in outstanding  # every result was announced as started first
+        outstanding.discard(task.task_id)
+        events.append(("done", task.task_id))
+    assert len(events) == 8 and 1 <= most <= 2
+    names = dict(line.split(" ", 1) for line in calls.read_text().splitlines())
+    for t in tasks:
+        assert names[t.task_id] == f"{t.defense}|{t.attack}|seed={t.seed}|shard={t.shard}" == scheduler.ray_task_name(t)
+
+
+def test_job_metadata_describes_the_grid():
+    tasks = make_tasks(n=8)
+    meta = scheduler.job_metadata("run", tasks, "jobs/x.yaml")
+    assert meta == {"bench_run": "run", "bench_tasks": "8", "bench_cells": "2", "bench_seeds": "2",
+                    "bench_shards": "2", "bench_job_file": "jobs/x.yaml"}
+    assert all(isinstance(v, str) for v in meta.values())  # Ray's JobConfig metadata is str -> str
+
+
+def test_worker_reuses_models_across_tasks(tmp_path, ray_cluster, data_dir):
+    """Classifier, backbone and defense are built once per worker process, not once per task, and
+    every task reports its model-build seconds."""
+    import collections
+    import copy
+
+    import counting_plugins  # noqa: F401  (registers the counting plugins in this process)
+    from bench.spec import parse_job
+    from bench.tasks import expand_tasks
+
+    log = str(tmp_path / "builds.txt")
+    job = {
+        "name": "reuse", "dataset": {"name": "cifar10", "split": "test", "subset": {"size": 512, "seed": 0, "take": 8}},
+        "classifier": {"name": "counting-classifier", "log": log}, "threat": {"norm": "Linf", "eps": "8/255"},
+        "seeds": [0, 1, 2], "votes": 1, "shard_size": 2,
+        "backbones": {"bb": {"type": "counting-backbone", "log": log}},
+        "defenses": [{"name": "cd", "type": "counting-defense", "log": log, "backbone": "bb"}],
+        "attacks": [{"type": "pgd-eot", "steps": 1, "step_size": "2/255", "eot": 1}],
+    }
+    tasks = expand_tasks(parse_job(copy.deepcopy(job), "reuse.yaml"))
+    assert len(tasks) == 12
+    runner = RayBackend(fn=counting_plugins.reuse_task, data_dir=str(data_dir))
+    outcomes = [outcome for _, outcome in runner.run(tasks)]
+    assert all(o.ok for o in outcomes), next(o.error for o in outcomes if not o.ok)
+    builds = collections.Counter(tuple(line.split()) for line in open(log).read().splitlines())
+    pids = {pid for _, pid in builds}
+    assert 1 <= len(pids) <= 2  # the session cluster has 2 CPUs: at most two worker processes
+    for kind in ("classifier", "backbone", "defense"):
+        assert all(builds[(kind, pid)] == 1 for pid in pids), builds
+    assert all(o.result.build_seconds >= 0 for o in outcomes)
+    # the first task of a process pays the build; later ones only look the models up
+    slow = sorted(o.result.build_seconds for o in outcomes)
+    assert slow[len(pids)] < slow[-1]
+
+
+def test_local_ray_listens_on_loopback_only(tmp_path, ray_cluster):
+    """Every TCP port of the local instance's processes (GCS, raylet, workers, agents, driver) is
+    bound to a loopback address, never to 0.0.0.0 / ::  (issue 9, Security 3)."""
+    import os
+
+    from listening import listening_sockets
+
+    runner = RayBackend(fn=named_task)
+    assert all(o.ok for _, o in runner.run(make_tasks(n=2, calls=str(tmp_path / "c.txt"))))  # workers exist
+    pids = set(scheduler._holders(ray_cluster.session_dir)) | {os.getpid()}
+    sockets = [s for s in listening_sockets() if s.pid in pids]
+    assert len({s.pid for s in sockets}) >= 3, sockets  # gcs, raylet, a worker, the driver, ...
+    exposed = [s for s in sockets if not s.loopback]
+    assert not exposed, exposed
+
+
+def test_bad_address_exits_2_quickly(tmp_path):
+    """``--address 127.0.0.1:1`` (nothing listens) exits 2 with a clear message, not a hang."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    job = tmp_path / "job.yaml"
+    job.write_text("name: badaddr\ndataset: {name: cifar10, split: test, subset: {size: 512, seed: 0, take: 2}}\n"
+                   "classifier: resnet20\nthreat: {norm: Linf, eps: 8/255}\ndefenses: [none]\nattacks: []\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "submit", str(job), "--address", "127.0.0.1:1",
+                           "--results", str(tmp_path / "results"), "--no-progress"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": ""})
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 2, proc.stderr
+    assert "no Ray cluster answers at '127.0.0.1:1'" in proc.stderr and "Traceback" not in proc.stderr

@@ -174,3 +174,22 @@ def test_a_job_without_attacks_gives_clean_rows_only(data_dir):
     assert all(r["robust"] == r["clean_correct"] and r["broken_by"] is None for r in rows)
     assert {(r["attack_type"], r["setting"], r["steps"], r["success"]) for r in rows} == {("none", "clean", 0, "none")}
     assert all(r["net_evals"] == pytest.approx(1) for r in rows)  # one clean forward, nothing else
+
+
+def test_memory_layout_does_not_change_the_rows(tasks, data_dir, monkeypatch):
+    """Channels-last (the default) and NCHW-contiguous give the same decisions: only float noise may
+    differ, and on these images none does."""
+    task = next(t for t in tasks if t.defense == "lp" and t.attack == "pgd-eot")
+    tables = {}
+    for layout in ("contiguous", "channels_last"):
+        monkeypatch.setenv("BENCH_MEMORY_FORMAT", layout)
+        worker.clear_caches()
+        tables[layout] = worker.run_task(task, data_dir=data_dir).table
+    a, b = tables["contiguous"], tables["channels_last"]
+    for col in ("clean_pred", "clean_votes", "adv_pred", "adv_votes", "robust", "attacked"):
+        assert a[col].to_pylist() == b[col].to_pylist(), col
+    assert max(abs(p - q) for p, q in zip(a["linf"].to_pylist(), b["linf"].to_pylist())) < 1e-6
+    monkeypatch.setenv("BENCH_MEMORY_FORMAT", "nchw")
+    with pytest.raises(ValueError, match="channels_last"):
+        worker.build_classifier({"name": "resnet20"}, torch.device("cpu"), data_dir / "weights")
+    worker.clear_caches()

@@ -9,10 +9,12 @@ by several commands are defined once (``bench/cli/common.py``). One module per c
     bench train denoiser|irad|sar ...                                bench/cli/train.py
     bench audit RUN ...                                              bench/cli/audit.py
     bench data fetch|check ...                                       bench/cli/data.py
+    bench plan JOB ...                                               bench/cli/plan.py
+    bench sweep JOB --param PATH=V1,V2,...                           bench/cli/sweep.py
 """
 
 from bench.cli.common import BadInput, main, translate_errors
-from bench.cli import audit, data, plugins, results, run, train  # noqa: F401  (each attaches its commands to main)
+from bench.cli import audit, data, plan, plugins, results, run, sweep, train  # noqa: F401  (each attaches its commands to main)
 from bench.cli.train import LazyGroup
 
 __all__ = ["BadInput", "LazyGroup", "main", "translate_errors"]

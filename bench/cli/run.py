@@ -36,7 +36,7 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     runs nothing; an extended job runs only its new tasks; after an interruption (even SIGKILL) a
     re-submit finishes the run without lost or duplicated rows.
     """
-    from bench.scheduler import make_backend, submit
+    from bench.scheduler import job_metadata, make_backend, submit
     from bench.spec import load_job
     from bench.store import ResultStore
     from bench.tasks import expand_tasks
@@ -50,7 +50,8 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     store = ResultStore(results)
     report = submit(
         spec.name, spec, tasks, store,
-        lambda: make_backend(address, num_cpus=num_cpus, data_dir=data_dir, model_dir=model_dir, dashboard=dashboard),
+        lambda: make_backend(address, num_cpus=num_cpus, data_dir=data_dir, model_dir=model_dir, dashboard=dashboard,
+                             job_metadata=job_metadata(spec.name, tasks, job)),
         progress=progress, log=lambda m: click.echo(m, err=True))
     click.echo(f"run {report.run}: {report.total} tasks, {report.skipped} already done, {report.done} ran now, "
                f"{len(report.failed)} failed; wall {report.wall_seconds:.1f} s, task compute "
@@ -124,6 +125,20 @@ def status_cmd(run: str | None, results: Path) -> None:
             lines = [ln for ln in r.error.strip().splitlines() if ln.strip()]
             click.echo(f"  failed {r.defense}|{r.attack} seed {r.seed} shard {r.shard} "
                        f"({r.task_id[:12]}, {r.attempts} attempt(s)): {lines[-1] if lines else ''}")
+    _estimate_lines(results, run, records)
     others = [n for n in store.runs() if n != run]
     if others:
         click.echo(f"other runs in {results}: {', '.join(others)}")
+
+
+def _estimate_lines(results: Path, run: str, records: list[Any]) -> None:
+    """Estimate vs actual, when ``bench plan JOB --results DIR`` saved an estimate for this run."""
+    from bench.plan import estimate_vs_actual, load_estimate
+
+    estimate = load_estimate(results, run)
+    if estimate is None or estimate.get("total", {}).get("seconds") is None:
+        return
+    est, act, n = estimate_vs_actual(estimate, [(r.defense, r.attack, r.seconds) for r in records if r.status == "done"])
+    click.echo(f"  estimate (bench plan, {estimate['device']}, {estimate['created']}): "
+               f"{estimate['total']['seconds']:.1f} s task compute for {estimate['total']['tasks']} tasks"
+               + (f"; the {n} done: estimated {est:.1f} s, took {act:.1f} s ({act / est:.2f}x)" if n and est else ""))

@@ -1,0 +1,330 @@
+"""Sensitivity sweeps on Ray Tune: clean and robust accuracy as one job parameter varies (``bench sweep``).
+
+A sweep takes a job and one or more parameters with their values, e.g.
+``defenses.lp.cutoff=4,8,12,16,20`` (a defense or attack is addressed by its cell name; other fields by
+their dotted path: ``votes``, ``threat.eps``). Each Ray Tune trial is one assignment of values: the job
+with those values is an ordinary job (its run is named ``<job>.<assignment>``), expanded into
+ordinary tasks and run through ``bench.scheduler.submit`` into the same results directory as any
+run — so a repeated or extended sweep resumes and re-uses every finished task, and ``bench status`` /
+``bench leaderboard`` work on every trial. When every parameter addresses a defense, the trial jobs
+keep only those defenses (the other cells would not change with the parameter).
+
+Search: ``grid`` (every combination, ``tune.grid_search``) or ``random`` (``num_samples`` draws,
+``tune.choice``). Each trial reports its accuracies to Tune; the driver then writes a Markdown table
+and a PNG plot of clean and robust accuracy against the (first) parameter under
+``<results>/sweeps/<job>/``. Robust accuracy here is the worst case over the job's attacks per
+(image, seed): an image counts as robust only if it survived every attack (adaptive and oblivious
+attacks together), averaged over images and seeds.
+
+Ray Tune drives the trials as actors that use no CPU of their own (``tune.with_resources``: 0 CPUs, 1 byte);
+their tasks take the job's ``resources`` like any run, so Ray's scheduler shares the cluster between
+trials. On a multi-node cluster the results directory must be on a shared file system.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+#: Characters allowed in a trial's run-name suffix (the run name reaches paths and Ray task names).
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+LIST_SECTIONS = ("defenses", "attacks")
+SEARCHES = ("grid", "random")
+
+
+class SweepError(ValueError):
+    """A sweep parameter does not name a field of the job, or its values are malformed."""
+
+
+@dataclass(frozen=True)
+class SweepParam:
+    """One swept field: a dotted path into the job and the values it takes."""
+
+    path: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.path)
+
+
+def parse_param(text: str) -> SweepParam:
+    """``"defenses.lp.cutoff=4,8,12"`` -> ``SweepParam(("defenses", "lp", "cutoff"), (4, 8, 12))``.
+
+    Values are read as YAML scalars (``8`` -> int, ``0.1`` -> float, ``8/255`` stays text for the job
+    loader, which reads fractions).
+
+    Raises:
+        SweepError: no ``=``, an empty path segment or no value.
+    """
+    path, sep, values = text.partition("=")
+    parts = tuple(p.strip() for p in path.split("."))
+    if not sep or not all(parts):
+        raise SweepError(f"--param {text!r}: expected PATH=V1,V2,... such as defenses.lp.cutoff=4,8,12")
+    parsed = tuple(yaml.safe_load(v.strip()) for v in values.split(",") if v.strip())
+    if not parsed:
+        raise SweepError(f"--param {text!r}: no values after '='")
+    return SweepParam(parts, parsed)
+
+
+def _flatten(entry: Any) -> Any:
+    """A model_dump entry back into job-file form: ``params`` merged into the entry."""
+    if isinstance(entry, dict):
+        out = {k: _flatten(v) for k, v in entry.items() if k != "params"}
+        out.update({k: _flatten(v) for k, v in (entry.get("params") or {}).items()})
+        return out
+    if isinstance(entry, list):
+        return [_flatten(v) for v in entry]
+    return entry
+
+
+def raw_job(spec: Any) -> dict[str, Any]:
+    """The job as a job-file dict (what ``bench.spec.parse_job`` reads), from a loaded ``JobSpec``."""
+    data = spec.model_dump(mode="json", exclude_none=True)
+    return {key: _flatten(value) for key, value in data.items()}
+
+
+def _cell_name(section: str, entry: dict[str, Any], spec: Any) -> str:
+    """The cell name of a raw defense/attack entry (explicit ``name`` or the spec's default rule)."""
+    if "name" in entry:
+        return str(entry["name"])
+    entries = getattr(spec, section)
+    index = next(i for i, e in enumerate(entries) if e.type == entry.get("type") and e.name is None)
+    return entries[index].default_name()
+
+
+def _set(job: dict[str, Any], spec: Any, param: SweepParam, value: Any) -> None:
+    head, *rest = param.path
+    if head in LIST_SECTIONS:
+        if len(rest) != 2:
+            raise SweepError(f"--param {param.name}: use {head}.<cell name>.<parameter>")
+        cell, key = rest
+        for entry in job.get(head, []):
+            if isinstance(entry, dict) and _cell_name(head, entry, spec) == cell:
+                entry[key] = value
+                return
+        names = [_cell_name(head, e, spec) for e in job.get(head, []) if isinstance(e, dict)]
+        raise SweepError(f"--param {param.name}: no {head[:-1]} cell {cell!r}; cells: {', '.join(names)}")
+    node = job
+    for key in param.path[:-1]:
+        if not isinstance(node.get(key), dict):
+            raise SweepError(f"--param {param.name}: the job has no section {key!r}")
+        node = node[key]
+    node[param.path[-1]] = value
+
+
+def trial_name(base: str, assignment: dict[str, Any]) -> str:
+    """``<job>.<last path segment>-<value>...``, e.g. ``sweep.cutoff-8`` (safe for paths and Ray)."""
+    parts = [f"{name.split('.')[-1]}-{value}" for name, value in assignment.items()]
+    return f"{base}." + _UNSAFE.sub("_", ".".join(parts))
+
+
+def trial_job(spec: Any, params: Sequence[SweepParam], assignment: dict[str, Any]) -> dict[str, Any]:
+    """The job dict of one trial: the values set, named after them, reduced to the swept defenses."""
+    job = raw_job(spec)
+    for p in params:
+        _set(job, spec, p, assignment[p.name])
+    job["name"] = trial_name(spec.name, assignment)
+    swept = {p.path[1] for p in params if p.path[0] == "defenses"}
+    if swept and all(p.path[0] == "defenses" for p in params):
+        job["defenses"] = [e for e in job["defenses"] if not isinstance(e, dict) or _cell_name("defenses", e, spec) in swept]
+    return job
+
+
+# -- one trial ---------------------------------------------------------------------------------------
+def accuracies(rows: Any) -> list[dict[str, Any]]:
+    """Clean and worst-case robust accuracy per defense from a run's rows (pandas DataFrame).
+
+    Clean: mean of ``clean_correct`` over (image, seed). Robust: an (image, seed) is robust only if
+    it is robust under every attack cell of the defense; the mean over (image, seed).
+    """
+    out = []
+    for defense, g in rows.groupby("defense", sort=False):
+        per_sample = g.groupby(["seed", "image_id"]).agg(clean=("clean_correct", "all"), robust=("robust", "all"))
+        out.append({"defense": defense, "clean": float(per_sample["clean"].mean()),
+                    "robust": float(per_sample["robust"].mean()), "images": int(g["image_id"].nunique()),
+                    "seeds": int(g["seed"].nunique()), "attacks": sorted(g["attack"].unique().tolist())})
+    return out
+
+
+def run_trial(config: dict[str, Any], *, spec_path: str, base: dict[str, Any], params: list[SweepParam],
+              results: str, data_dir: str | None, model_dir: str | None) -> dict[str, Any]:
+    """Run one trial's job through the ordinary scheduler and store; return (and report) its accuracies."""
+    from bench.scheduler import submit
+    from bench.spec import parse_job
+    from bench.store import ResultStore
+    from bench.tasks import expand_tasks
+
+    spec = parse_job(json.loads(json.dumps(base)), spec_path)
+    job = trial_job(spec, params, config)
+    trial_spec = parse_job(job, spec_path)
+    tasks = expand_tasks(trial_spec, data_dir=data_dir)
+    store = ResultStore(results)
+    backend = _backend(data_dir, model_dir)
+    report = submit(trial_spec.name, trial_spec, tasks, store, backend, progress=False, log=lambda m: None)
+    if report.failed:
+        raise RuntimeError(f"trial {trial_spec.name}: {len(report.failed)} task(s) failed; "
+                           f"`bench status {trial_spec.name}` shows why (first: {report.failed[0][2]})")
+    metrics = {"run": trial_spec.name, "accuracies": accuracies(store.read_run(trial_spec.name).to_pandas()),
+               "tasks": report.total, "ran": report.done}
+    return metrics
+
+
+def _backend(data_dir: str | None, model_dir: str | None) -> Any:
+    import ray
+
+    from bench.scheduler import RayBackend, SerialBackend
+
+    if ray.is_initialized():
+        return RayBackend(data_dir=data_dir, model_dir=model_dir)
+    return SerialBackend(data_dir=data_dir, model_dir=model_dir)
+
+
+def _trainable(config: dict[str, Any], **kwargs: Any) -> None:
+    """Ray Tune function trainable: one trial, its metrics reported to Tune once, at the end."""
+    from ray import tune
+
+    metrics = run_trial(config, **kwargs)
+    first = metrics["accuracies"][0] if metrics["accuracies"] else {"clean": float("nan"), "robust": float("nan")}
+    tune.report({"clean": first["clean"], "robust": first["robust"], "run": metrics["run"],
+                 "accuracies": json.dumps(metrics["accuracies"]), "tasks": metrics["tasks"], "ran": metrics["ran"]})
+
+
+# -- the sweep ---------------------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    """One row per (trial, defense): the assignment, the trial's run and its accuracies."""
+
+    params: list[SweepParam]
+    rows: list[dict[str, Any]]
+    table_path: Path | None = None
+    plot_path: Path | None = None
+
+
+def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search: str = "grid",
+              num_samples: int = 1, max_concurrent: int | None = None, data_dir: str | None = None,
+              model_dir: str | None = None, seed: int = 0) -> SweepResult:
+    """Run every trial of the sweep through Ray Tune (Ray must be initialised) and collect the table.
+
+    Args:
+        spec: The base job.
+        params: The swept fields (at least one).
+        results: The results directory (absolute: trials run in other processes).
+        search: ``grid`` (every combination) or ``random`` (``num_samples`` draws).
+        num_samples: Draws for ``random`` (default 1; ignored by ``grid``).
+        max_concurrent: Trials at once (default None: Tune's choice; each trial's tasks share the cluster).
+        data_dir: Data directory for the workers.
+        model_dir: Model directory for the workers.
+        seed: Seed of the random search (default 0).
+
+    Raises:
+        SweepError: a parameter does not name a field of the job, or a trial's job is invalid.
+        RuntimeError: a trial failed.
+    """
+    from ray import tune
+
+    if search not in SEARCHES:
+        raise SweepError(f"search {search!r} is not one of {SEARCHES}")
+    if not params:
+        raise SweepError("give at least one --param PATH=V1,V2,...")
+    from bench.spec import parse_job
+
+    for values in _assignments(params):  # a bad path or value fails here, before any trial starts
+        parse_job(trial_job(spec, params, values), spec.path)
+    if search == "grid":
+        space = {p.name: tune.grid_search(list(p.values)) for p in params}
+        samples = 1
+    else:
+        space = {p.name: tune.choice(list(p.values)) for p in params}
+        samples = num_samples
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, spec_path=spec.path, base=raw_job(spec), params=list(params),
+                             results=str(results), data_dir=data_dir, model_dir=model_dir),
+        {"cpu": 0, "memory": 1})  # a trial only drives its tasks: hold no CPU (Tune needs some resource)
+    storage = (Path(results) / "sweeps" / spec.name / "tune").resolve()
+    searcher = None
+    if search == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        searcher = BasicVariantGenerator(random_state=seed)
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, search_alg=searcher),
+        run_config=tune.RunConfig(name="trials", storage_path=str(storage), verbose=0),
+    )
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        if result.error is not None:
+            raise RuntimeError(f"sweep trial failed: {result.error}")
+        assignment = {p.name: result.config[p.name] for p in params}
+        for acc in json.loads(result.metrics["accuracies"]):
+            rows.append({**assignment, "run": result.metrics["run"], **acc})
+    rows.sort(key=lambda r: tuple(_sort_key(r[p.name]) for p in params) + (r["defense"],))
+    return SweepResult(params=list(params), rows=rows)
+
+
+def _assignments(params: Sequence[SweepParam]) -> list[dict[str, Any]]:
+    import itertools
+
+    return [dict(zip([p.name for p in params], combo)) for combo in itertools.product(*(p.values for p in params))]
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+# -- output ------------------------------------------------------------------------------------------
+def render_table(result: SweepResult) -> str:
+    """Markdown: one row per trial and defense, accuracies in percent."""
+    names = [p.name for p in result.params]
+    head = [*names, "defense", "clean acc.", "robust acc. (worst case over attacks)", "images x seeds", "run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result.rows:
+        lines.append("| " + " | ".join([*(str(r[n]) for n in names), r["defense"], f"{100 * r['clean']:.1f}%",
+                                        f"{100 * r['robust']:.1f}%", f"{r['images']} x {r['seeds']}", r["run"]]) + " |")
+    attacks = sorted({a for r in result.rows for a in r["attacks"]})
+    return "\n".join(lines) + f"\n\nAttacks: {', '.join(attacks)}. Each row is the ordinary run named in the last column.\n"
+
+
+def plot(result: SweepResult, path: Path) -> Path:
+    """PNG: clean (solid) and robust (dashed) accuracy against the first parameter, one colour per defense."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    x_name = result.params[0].name
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for i, defense in enumerate(dict.fromkeys(r["defense"] for r in result.rows)):
+        pts = [r for r in result.rows if r["defense"] == defense]
+        xs = [r[x_name] for r in pts]
+        color = f"C{i}"
+        ax.plot(xs, [100 * r["clean"] for r in pts], "o-", color=color, label=f"{defense}: clean")
+        ax.plot(xs, [100 * r["robust"] for r in pts], "s--", color=color, label=f"{defense}: robust")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save(result: SweepResult, results: Path, job_name: str) -> SweepResult:
+    """Write ``<results>/sweeps/<job>/<param>.md`` and ``.png``; return the result with the paths set."""
+    folder = Path(results) / "sweeps" / job_name
+    stem = _UNSAFE.sub("_", "+".join(p.name for p in result.params))
+    folder.mkdir(parents=True, exist_ok=True)
+    result.table_path = folder / f"{stem}.md"
+    result.table_path.write_text(render_table(result))
+    result.plot_path = plot(result, folder / f"{stem}.png")
+    return result

@@ -1,0 +1,61 @@
+"""bench sweep: trials on Ray Tune are ordinary runs in the store; a repeated sweep re-uses them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from bench.spec import parse_job
+from bench.store import ResultStore
+from bench.sweep import SweepError, parse_param, run_sweep, save, trial_job
+
+JOB = {
+    "name": "sw", "dataset": {"name": "cifar10", "split": "test", "subset": {"size": 512, "seed": 0, "take": 4}},
+    "classifier": "resnet20", "threat": {"norm": "Linf", "eps": "8/255"}, "seeds": [0], "votes": 1,
+    "shard_size": 4, "batch_size": 16,
+    "defenses": ["none", {"name": "lp", "type": "lowpass", "cutoff": 12}],
+    "attacks": [{"name": "pgd", "type": "pgd-eot", "steps": 2, "step_size": "2/255", "eot": 1}],
+}
+
+
+def _spec():
+    return parse_job(copy.deepcopy(JOB), "sw.yaml")
+
+
+def test_parse_param_and_trial_jobs():
+    p = parse_param("defenses.lp.cutoff=4, 8,16")
+    assert p.path == ("defenses", "lp", "cutoff") and p.values == (4, 8, 16)
+    assert parse_param("threat.eps=4/255,8/255").values == ("4/255", "8/255")
+    job = trial_job(_spec(), [p], {"defenses.lp.cutoff": 8})
+    assert job["name"] == "sw.cutoff-8" and job["defenses"] == [{"type": "lowpass", "name": "lp", "cutoff": 8}]
+    assert parse_job(job, "sw.yaml").defenses[0].params == {"cutoff": 8}  # an ordinary, valid job
+    votes = trial_job(_spec(), [parse_param("votes=3")], {"votes": 3})
+    assert votes["votes"] == 3 and len(votes["defenses"]) == 2  # not a defense parameter: every defense stays
+    with pytest.raises(SweepError, match="no defense cell 'lowpass'; cells: none, lp"):
+        trial_job(_spec(), [parse_param("defenses.lowpass.cutoff=4")], {"defenses.lowpass.cutoff": 4})
+    with pytest.raises(SweepError, match="PATH=V1,V2"):
+        parse_param("defenses.lp.cutoff")
+
+
+@pytest.mark.slow
+def test_sweep_runs_trials_as_ordinary_runs(tmp_path, ray_cluster, data_dir):
+    spec = _spec()
+    params = [parse_param("defenses.lp.cutoff=4,16")]
+    result = run_sweep(spec, params, results=tmp_path, data_dir=str(data_dir))
+    assert [(r["defenses.lp.cutoff"], r["defense"], r["run"]) for r in result.rows] == [
+        (4, "lp", "sw.cutoff-4"), (16, "lp", "sw.cutoff-16")]
+    store = ResultStore(tmp_path)
+    for r in result.rows:
+        rows = store.read_run(r["run"]).to_pandas()
+        assert len(rows) == 4 and set(rows["defense_config"]) == {f'{{"cutoff":{r["defenses.lp.cutoff"]}}}'}
+        assert r["clean"] == pytest.approx(rows["clean_correct"].mean()) and r["robust"] == pytest.approx(rows["robust"].mean())
+    # a cutoff of 4 of 16 frequencies blurs most of the image away: clean accuracy cannot be higher
+    assert result.rows[0]["clean"] <= result.rows[1]["clean"]
+    save(result, tmp_path, spec.name)
+    assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "| 16 | lp |" in result.table_path.read_text()
+    # the same sweep again runs nothing: every trial's tasks are done in the store
+    done_before = {r["run"]: store.summary(r["run"]).counts["done"] for r in result.rows}
+    again = run_sweep(spec, params, results=tmp_path, data_dir=str(data_dir))
+    assert [r["clean"] for r in again.rows] == [r["clean"] for r in result.rows]
+    assert {r["run"]: store.summary(r["run"]).counts["done"] for r in again.rows} == done_before
