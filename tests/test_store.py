@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from sqlalchemy import select, text, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from bench.cli import main
@@ -34,7 +33,8 @@ SPEC = {"name": "run", "seeds": [0, 1]}
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     return int(proc.stdout)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import stat
 import subprocess
 import sys
 import tempfile
@@ -21,9 +20,9 @@ from bench.cli import main
 from bench.scheduler import SerialBackend, submit
 from bench.schema import ROW_SCHEMA
 from bench.store import DONE, ResultStore, StoreError
-from fake_tasks import fake_rows, fake_run_task, make_tasks
 
 REPO = Path(__file__).resolve().parents[1]
+from fake_tasks import fake_rows, fake_run_task, make_tasks
 SPEC = {"name": "run"}
 
 
@@ -210,12 +209,12 @@ def test_a_read_only_results_directory_serves_status_and_leaderboard_and_refuses
         listing = sorted(str(p) for p in results.rglob("*"))
         for args in (["status", "--results", str(results)],
                      ["leaderboard", "run", "--results", str(results), "--format", "csv"]):
-            done = subprocess.run(_reader_command(args), capture_output=True, text=True, env=env, cwd=base, timeout=120)
+            done = subprocess.run(_reader_command(args), check=False, capture_output=True, text=True, env=env, cwd=base, timeout=120)
             assert done.returncode == 0, done.stderr
             assert "Traceback" not in done.stderr
         submitted = subprocess.run(_reader_command(["submit", str(job), "--results", str(results), "--address", "serial",
                                                     "--no-progress"]),
-                                   capture_output=True, text=True, env=env, cwd=base, timeout=300)
+                                   check=False, capture_output=True, text=True, env=env, cwd=base, timeout=300)
         assert submitted.returncode == 2, submitted.stderr
         assert "is not writable" in submitted.stderr and "Traceback" not in submitted.stderr
         assert sorted(str(p) for p in results.rglob("*")) == listing  # nothing was created

@@ -2,9 +2,10 @@
 
 A file is written to a temporary name in its own directory (``.<name>.<host>.<pid>.tmp``: hidden,
 so ``pandas.read_parquet`` / pyarrow datasets / duckdb globs on the directory skip it), fsynced and
-renamed into place with ``os.replace`` (atomic on POSIX); then the directory is fsynced so the
-rename itself survives a power cut. Moves between directories of one run are single ``os.replace``
-calls. Temporary files whose writer is dead are removed by :func:`remove_dead_temp_files`.
+renamed into place with ``os.replace`` (atomic on POSIX). The directory itself is fsynced only for
+run metadata (manifests, versions): a task file whose rename a power cut undid is simply missing,
+and the next reconcile runs its task again. Moves between directories of one run are single
+``os.replace`` calls. Temporary files whose writer is dead are removed by :func:`remove_dead_temp_files`.
 Files are opened with ``O_NOFOLLOW``: a symbolic link planted in the results directory is never
 followed (see ``bench.store.layout``).
 """
@@ -44,8 +45,15 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{host_tag()}.{os.getpid()}{TMP_SUFFIX}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True, fsync_parent: bool = False) -> None:
     """Write ``data`` to ``path``: temporary file, fsync, ``os.replace``; no partial file on error.
+
+    Args:
+        path: The final name.
+        data: The content.
+        fsync: Flush the content to the disk before the rename (default True).
+        fsync_parent: Also flush the directory after the rename (default False: task files do not
+            need it, a rename lost in a power cut makes their task run again; manifests do).
 
     Raises:
         OSError: the write failed (full disk, permissions, ...); nothing is left behind.
@@ -58,14 +66,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            _fsync(fd)
+            if fsync:
+                _fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if fsync_parent:
+        fsync_dir(path.parent)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -76,10 +86,12 @@ def read_bytes(path: Path) -> bytes:
 
 
 def move(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst`` atomically (same filesystem), creating ``dst``'s directory."""
+    """Rename ``src`` to ``dst`` atomically (same filesystem), creating ``dst``'s directory.
+
+    The directories are not fsynced here (callers moving many files flush them once at the end).
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, dst)
-    fsync_dir(dst.parent)
 
 
 def is_temp_name(name: str) -> bool:

@@ -19,9 +19,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 from bench.store.atomic import atomic_write_bytes, read_bytes
 from bench.store.errors import StoreError
@@ -74,7 +75,7 @@ class TaskEntry:
     images: str  # image digest
 
     @classmethod
-    def of(cls, task: Task) -> "TaskEntry":
+    def of(cls, task: Task) -> TaskEntry:
         return cls(task.task_id, task.defense, task.attack, int(task.seed), int(task.shard), len(task.image_ids),
                    image_digest(task.image_ids))
 
@@ -126,7 +127,7 @@ def write_manifest(paths: RunPaths, manifest: RunManifest) -> None:
         "tasks": [list(dataclasses.astuple(t)) for t in manifest.tasks],
     }
     paths.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(paths.manifest, json.dumps(body, separators=(",", ":")).encode())
+    atomic_write_bytes(paths.manifest, json.dumps(body, separators=(",", ":")).encode(), fsync_parent=True)
 
 
 def read_manifest(paths: RunPaths) -> RunManifest | None:
@@ -167,7 +168,7 @@ def write_version(paths: RunPaths, version: RunVersion) -> None:
     body = {"number": version.number, "spec_hash": version.spec_hash, "spec": version.spec,
             "provenance": version.provenance, "task_ids": version.task_ids, "created": version.created.isoformat()}
     paths.versions_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, json.dumps(body, indent=1, default=str).encode())
+    atomic_write_bytes(target, json.dumps(body, indent=1, default=str).encode(), fsync_parent=True)
 
 
 def read_versions(paths: RunPaths) -> list[RunVersion]:

@@ -24,10 +24,11 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from bench.tasks import Task, canonical_json
 

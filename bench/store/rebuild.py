@@ -15,6 +15,7 @@ import os
 from sqlalchemy.orm import Session
 
 from bench.store.catalog import DONE, PENDING, RunRecord, RunVersionRecord, TaskRecord
+from bench.store.errors import StoreError
 from bench.store.layout import TASK_SUFFIX, RunPaths, StoreLayout
 from bench.store.manifest import RunManifest, read_manifest, read_versions
 
@@ -64,11 +65,11 @@ def rebuild_all(session: Session, layout: StoreLayout) -> list[str]:
     """Fill an empty catalog from every run folder that has a manifest; return the run names."""
     names = []
     for name in layout.run_names():
-        paths = layout.run(name)
         try:
+            paths = layout.run(name)
             manifest = read_manifest(paths)
-        except Exception:  # noqa: BLE001 - an unreadable manifest: the run is shown as such on use
-            continue
+        except StoreError:  # a linked folder or an unreadable manifest: reported when the run is used
+            manifest = None
         if manifest is None:
             continue
         session.add(run_record(paths, manifest))

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +59,7 @@ class Signature:
     sha256: str
 
     @classmethod
-    def of(cls, data: bytes) -> "Signature":
+    def of(cls, data: bytes) -> Signature:
         return cls(len(data), hashlib.sha256(data).hexdigest())
 
 
@@ -79,13 +79,16 @@ def conform(table: pa.Table, task_id: str, image_ids: Sequence[int]) -> pa.Table
         missing = sorted(set(ROW_SCHEMA.names) - set(table.column_names))
         extra = sorted(set(table.column_names) - set(ROW_SCHEMA.names))
         raise ValueError(f"task {task_id}: rows do not match ROW_SCHEMA (missing {missing}, extra {extra})")
-    table = table.select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
-    ids = set(table.column("task_id").to_pylist())
-    if ids - {task_id}:
+    if table.schema.names != ROW_SCHEMA.names:
+        table = table.select(ROW_SCHEMA.names)
+    if not table.schema.equals(ROW_SCHEMA, check_metadata=False):
+        table = table.cast(ROW_SCHEMA)
+    ids = pc.unique(table.column("task_id")).to_pylist()
+    if set(ids) - {task_id}:
         raise ValueError(f"task {task_id}: rows carry task ids {sorted(ids)}")
     if table.num_rows != len(image_ids):
         raise ValueError(f"task {task_id}: {table.num_rows} rows for {len(image_ids)} images")
-    if table.column("image_id").to_pylist() != [int(i) for i in image_ids]:
+    if not np.array_equal(table.column("image_id").to_numpy(), np.asarray(image_ids, dtype=np.int64)):
         raise ValueError(f"task {task_id}: the rows' image ids are not the task's images in order")
     return table
 
