@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -140,6 +140,7 @@ class ResultStore:
         self._driver = this_driver()
         self._run_versions: dict[str, int] = {}  # run -> version this driver began
         self._binders: dict[str, Callable[[Any], Any]] = {}  # column -> SQLAlchemy's bind processor
+        self._manifests: dict[str, tuple[Any, RunManifest]] = {}  # run -> (file identity, manifest)
         self.fsync = fsync
         self.writable = self._writable_mode(readonly)
         self.engine = self._open_catalog()
@@ -325,7 +326,10 @@ class ResultStore:
         todo: set[str] = set()
         with self._session(write=True) as s:
             known = {r.task_id: r for r in s.scalars(select(TaskRecord).where(TaskRecord.run == manifest.run))}
-            s.execute(update(TaskRecord).where(TaskRecord.run == manifest.run).values(position=None))
+            positions = {entry.task_id: k for k, entry in enumerate(manifest.tasks)}
+            for rec in known.values():  # tasks of other versions keep their record, without a position
+                if rec.task_id not in positions and rec.position is not None:
+                    rec.position = None
             items, pending_checks = [], []
             for k, entry in enumerate(manifest.tasks):
                 rec = known.get(entry.task_id)
@@ -334,7 +338,8 @@ class ResultStore:
                                      seed=entry.seed, shard=entry.shard, n_images=entry.n_images, images=entry.images,
                                      status=PENDING, attempts=0)
                     s.add(rec)
-                rec.position = k
+                if rec.position != k:
+                    rec.position = k
                 if entry.task_id in in_tasks:
                     where = paths.task(entry.task_id)
                 elif entry.task_id in in_stale:
@@ -419,8 +424,17 @@ class ResultStore:
             StoreError: unknown run, or a run folder written by an older bench (no manifest).
         """
         paths = self.layout.run(name)
+        try:
+            stat = paths.manifest.stat()
+            key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except FileNotFoundError:
+            key = None
+        cached = self._manifests.get(name)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         manifest = read_manifest(paths)
         if manifest is not None:
+            self._manifests[name] = (key, manifest)
             return manifest
         if present_task_ids(paths.tasks_dir):
             raise StoreError(
