@@ -290,7 +290,7 @@ class _Killed(BaseException):
 
 @pytest.mark.parametrize("kill_after", ["manifest", 0, 1, 2, 3, 4, 5])
 def test_a_driver_killed_while_switching_versions_loses_and_mixes_nothing(tmp_path, monkeypatch, kill_after):
-    from bench.store import result_store
+    from bench.store import reconcile, result_store
 
     first = make_tasks(n=6)
     second = first[:3] + _edited(first[3:])
@@ -301,7 +301,7 @@ def test_a_driver_killed_while_switching_versions_loses_and_mixes_nothing(tmp_pa
     _finish(store, second[3:])
     store.end_run("run")
 
-    real_move, moves = result_store.move, []
+    real_move, moves = reconcile.move, []
 
     def dying_move(src, dst):  # the process dies after `kill_after` completed renames
         if len(moves) == kill_after:
@@ -312,7 +312,7 @@ def test_a_driver_killed_while_switching_versions_loses_and_mixes_nothing(tmp_pa
     def dying_manifest(*args):
         raise _Killed()
 
-    monkeypatch.setattr(result_store, "move", dying_move)
+    monkeypatch.setattr(reconcile, "move", dying_move)
     if kill_after == "manifest":  # killed before the new version's manifest is written
         monkeypatch.setattr(result_store, "write_manifest", dying_manifest)
     with pytest.raises(_Killed):
@@ -377,9 +377,9 @@ def test_every_version_is_kept_with_its_provenance(tmp_path, data_dir):
             self.inner.put(*entry)
 
     from bench.store import provenance
-    from bench.store.result_store import _CatalogHashCache
+    from bench.store.catalog import CatalogHashCache
 
-    cache = Recording(_CatalogHashCache(store))
+    cache = Recording(CatalogHashCache(store.engine, writable=True))
     provenance.collect(tasks, data_dir=data_dir, cache=cache)
     assert cache.puts == []
     # the CLI shows them

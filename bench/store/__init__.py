@@ -16,8 +16,10 @@ So ``pandas.read_parquet("results/runs/<run>/tasks")`` and duckdb's
 Modules: ``errors`` (:class:`StoreError`), ``layout`` (paths, containment), ``atomic`` (crash-safe
 writes and moves), ``process`` (driver identity), ``taskfile`` (conform, encode, verify),
 ``verify`` (many files in parallel), ``manifest`` (run.json, versions, spec record), ``provenance``,
-``failures`` (error summaries), ``catalog`` (SQLAlchemy models and connections), ``rebuild``
-(catalog records from the folders), ``result_store`` (:class:`ResultStore`).
+``failures`` (error summaries), ``catalog`` (SQLAlchemy models, connections, hash cache),
+``rebuild`` (catalog records from the folders), ``opening`` (read/write mode, catalog or its
+rebuild), ``reconcile`` (folder and catalog agree for the current version), ``result_store``
+(:class:`ResultStore`, the facade the driver, the CLI and the API use).
 """
 
 from bench.store.catalog import DONE, FAILED, PENDING, RUNNING, STATUSES, RunRecord, RunVersionRecord, TaskRecord

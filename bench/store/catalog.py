@@ -209,3 +209,25 @@ def catalog_problem(engine: Engine) -> str | None:
         orig = getattr(exc, "orig", None) or exc
         return f"not a usable SQLite database ({orig})"
     return None
+
+
+class CatalogHashCache:
+    """The provenance hash cache (``bench.store.provenance.HashCache``) in the ``file_hashes`` table.
+
+    Args:
+        engine: The catalog.
+        writable: Whether new hashes may be stored (a reader only looks them up).
+    """
+
+    def __init__(self, engine: Engine, writable: bool) -> None:
+        self.engine, self.writable = engine, writable
+
+    def get(self, path: str, size: int, mtime_ns: int) -> str | None:
+        with Session(self.engine) as s:
+            row = s.get(FileHash, path)
+            return row.sha256 if row is not None and (row.size, row.mtime_ns) == (size, mtime_ns) else None
+
+    def put(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+        if self.writable:
+            with Session(self.engine) as s, s.begin():
+                s.merge(FileHash(path=path, size=size, mtime_ns=mtime_ns, sha256=sha256))

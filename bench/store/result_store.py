@@ -28,37 +28,35 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from sqlalchemy import delete, select
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bench.schema import ROW_SCHEMA, SCHEMA_VERSION
-from bench.store import catalog as cat
-from bench.store.atomic import atomic_write_bytes, fsync_dir, move, read_bytes, remove_dead_temp_files
-from bench.store.catalog import DONE, FAILED, PENDING, RUNNING, FileHash, RunRecord, RunVersionRecord, TaskRecord
+from bench.store import opening
+from bench.store.atomic import atomic_write_bytes, fsync_dir, read_bytes, remove_dead_temp_files
+from bench.store.catalog import DONE, FAILED, PENDING, RUNNING, CatalogHashCache, RunRecord, TaskRecord
 from bench.store.errors import StoreError
 from bench.store.failures import FailureSummary, summarize
-from bench.store.layout import CATALOG_NAME, TASK_SUFFIX, RunPaths, StoreLayout
+from bench.store.layout import TASK_SUFFIX, RunPaths, StoreLayout
 from bench.store.manifest import (RunManifest, RunVersion, manifest_for, now, read_manifest, read_versions, spec_hash,
                                   spec_record, write_manifest, write_version)
 from bench.store.process import driver_alive, this_driver
 from bench.store.provenance import collect
-from bench.store.rebuild import present_task_ids, rebuild_all, run_record, task_records
-from bench.store.taskfile import (META_BUILD_SECONDS, META_CPU_SECONDS, META_RUN_VERSION, META_SECONDS, Signature,
-                                  TaskFileError, conform, encode, file_metadata, metadata_number, verify)
-from bench.store.verify import FileCheck, check_files
+from bench.store.rebuild import present_task_ids, run_record, task_records
+from bench.store.reconcile import move_aside, reconcile
+from bench.store.taskfile import Signature, TaskFileError, conform, encode, file_metadata, verify
+from bench.store.verify import check_files
 from bench.tasks import Task
 
 #: A running task whose driver is gone (shown by ``bench status``; never stored).
@@ -142,72 +140,14 @@ class ResultStore:
         self._binders: dict[str, Callable[[Any], Any]] = {}  # column -> SQLAlchemy's bind processor
         self._manifests: dict[str, tuple[Any, RunManifest]] = {}  # run -> (file identity, manifest)
         self.fsync = fsync
-        self.writable = self._writable_mode(readonly)
-        self.engine = self._open_catalog()
+        self.writable = opening.writable(self.layout, readonly)
+        self.engine = opening.open_catalog(self.layout, self.writable, self._note)
 
     # -- opening ----------------------------------------------------------------------------------
     def _note(self, message: str) -> None:
         self.notes.append(message)
         if self._log is not None:
             self._log(message)
-
-    def _writable_mode(self, readonly: bool | None) -> bool:
-        root = self.layout.real_root
-        if readonly:
-            if not root.is_dir():
-                raise StoreError(f"no results in {self.root}; run `bench submit JOB --results {self.root}`")
-            return False
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            if readonly is None and root.is_dir():
-                return False
-            raise StoreError(f"cannot create the results directory {self.root}: {exc.strerror or exc}; "
-                             "choose another --results directory") from exc
-        problem = _write_problem(root)
-        if problem is None:
-            return True
-        if readonly is None:
-            return False
-        raise StoreError(f"the results directory {self.root} is not writable ({problem}); `bench submit` writes "
-                         "task files and the catalog there: use a writable --results directory "
-                         "(`bench status` and `bench leaderboard` work on a read-only one)")
-
-    def _open_catalog(self) -> Engine:
-        path = self.layout.catalog
-        if self.writable:
-            engine = cat.open_writer(path)
-            problem = cat.catalog_problem(engine)
-            if problem is None:
-                return engine
-            engine.dispose()
-            if problem != "empty":
-                aside = path.with_name(f"{CATALOG_NAME}.unusable-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}")
-                for suffix in ("", "-wal", "-shm"):
-                    src = Path(f"{path}{suffix}")
-                    if src.exists():
-                        os.replace(src, f"{aside}{suffix}")
-            engine = cat.open_writer(path)
-            cat.initialise(engine)
-            with Session(engine) as s, s.begin():
-                rebuilt = rebuild_all(s, self.layout)
-            if problem != "empty" or rebuilt:
-                self._note(f"note: the catalog {path} was {'unusable (' + problem + ')' if problem != 'empty' else 'empty'}"
-                           + (f"; moved to {aside.name}" if problem != "empty" else "")
-                           + f"; rebuilt from the run folders ({len(rebuilt)} run(s)); task files are verified "
-                             "before they are trusted")
-            return engine
-        problem = cat.catalog_problem(cat.open_reader(path)) if path.is_file() else "missing"
-        if problem is None:
-            return cat.open_reader(path)
-        engine = cat.open_memory()
-        with Session(engine) as s, s.begin():
-            rebuilt = rebuild_all(s, self.layout)
-        if problem not in ("empty", "missing") or rebuilt:
-            self._note(f"note: the catalog {path} is {'unusable (' + problem + ')' if problem not in ('empty', 'missing') else problem}; "
-                       f"showing what the run folders say ({len(rebuilt)} run(s)); the next `bench submit` "
-                       "rebuilds it")
-        return engine
 
     @contextmanager
     def _session(self, write: bool = False) -> Iterator[Session]:
@@ -281,8 +221,8 @@ class ResultStore:
 
         for folder in (paths.dir, paths.tasks_dir, paths.stale_dir, paths.adversarial_dir, paths.versions_dir):
             remove_dead_temp_files(folder)
-        self._move_aside(paths, set(ids))
-        todo = self._reconcile(paths, manifest, version, record)
+        move_aside(paths, set(ids))
+        todo = reconcile(self._session, self.layout, paths, manifest, version, record, self._note)
         for folder in (paths.tasks_dir, paths.stale_dir):
             fsync_dir(folder)
         self._run_versions[name] = version.number
@@ -303,7 +243,7 @@ class ResultStore:
 
     def _current_version(self, paths: RunPaths, shash: str, record: Any, tasks: Sequence[Task]) -> RunVersion:
         """The latest version if this submit is the same (spec, task set, provenance), else a new one."""
-        provenance = collect(tasks, data_dir=self.data_dir, cache=_CatalogHashCache(self))
+        provenance = collect(tasks, data_dir=self.data_dir, cache=CatalogHashCache(self.engine, self.writable))
         versions = read_versions(paths)
         candidate = RunVersion(number=(versions[-1].number + 1) if versions else 1, spec_hash=shash, spec=record,
                                provenance=provenance, task_ids=[t.task_id for t in tasks], created=now())
@@ -311,82 +251,6 @@ class ResultStore:
             return versions[-1]
         write_version(paths, candidate)
         return candidate
-
-    def _move_aside(self, paths: RunPaths, current: set[str]) -> None:
-        """Move task files that are not of the current version from ``tasks/`` to ``stale/``."""
-        for task_id in present_task_ids(paths.tasks_dir) - current:
-            try:
-                move(paths.task(task_id), paths.stale(task_id))
-            except StoreError:
-                continue  # a file name that is not a task id: not ours, left alone
-
-    def _reconcile(self, paths: RunPaths, manifest: RunManifest, version: RunVersion, record: Any) -> set[str]:
-        """Make the catalog agree with the files for the current tasks; return the ids to run."""
-        in_tasks, in_stale = present_task_ids(paths.tasks_dir), present_task_ids(paths.stale_dir)
-        todo: set[str] = set()
-        with self._session(write=True) as s:
-            known = {r.task_id: r for r in s.scalars(select(TaskRecord).where(TaskRecord.run == manifest.run))}
-            positions = {entry.task_id: k for k, entry in enumerate(manifest.tasks)}
-            for rec in known.values():  # tasks of other versions keep their record, without a position
-                if rec.task_id not in positions and rec.position is not None:
-                    rec.position = None
-            items, pending_checks = [], []
-            for k, entry in enumerate(manifest.tasks):
-                rec = known.get(entry.task_id)
-                if rec is None:
-                    rec = TaskRecord(run=manifest.run, task_id=entry.task_id, defense=entry.defense, attack=entry.attack,
-                                     seed=entry.seed, shard=entry.shard, n_images=entry.n_images, images=entry.images,
-                                     status=PENDING, attempts=0)
-                    s.add(rec)
-                if rec.position != k:
-                    rec.position = k
-                if entry.task_id in in_tasks:
-                    where = paths.task(entry.task_id)
-                elif entry.task_id in in_stale:
-                    where = paths.stale(entry.task_id)
-                else:
-                    _reset(rec)
-                    todo.add(entry.task_id)
-                    continue
-                trusted = rec.file_sha256 if rec.schema_version == SCHEMA_VERSION else None
-                items.append((where, entry.expected, trusted))
-                pending_checks.append((entry, rec, where))
-            for check, (entry, rec, where) in zip(check_files(items, rows=False), pending_checks):
-                if not check.ok:
-                    self._note(f"note: re-running task {entry.task_id} ({entry.defense}|{entry.attack} seed {entry.seed} "
-                               f"shard {entry.shard}): {self.layout.relative(where)}: {check.problem}")
-                    where.unlink(missing_ok=True)
-                    _reset(rec)
-                    todo.add(entry.task_id)
-                    continue
-                if where.parent == paths.stale_dir:  # the spec came back to this task: re-use its file
-                    move(where, paths.task(entry.task_id))
-                self._mark_verified(rec, check, paths)
-            run = s.get(RunRecord, manifest.run)
-            run.version, run.spec, run.spec_hash = manifest.version, record, manifest.spec_hash
-            run.versions = version.provenance.get("packages", {})
-            run.created, run.updated = manifest.created, manifest.updated
-            if s.get(RunVersionRecord, (manifest.run, version.number)) is None:
-                s.add(RunVersionRecord(run=manifest.run, number=version.number, spec_hash=version.spec_hash,
-                                       spec=version.spec, provenance=version.provenance,
-                                       task_count=len(version.task_ids), created=version.created))
-        return todo
-
-    def _mark_verified(self, rec: TaskRecord, check: FileCheck, paths: RunPaths) -> None:
-        if rec.status != DONE:  # the driver died between the rename and the catalog update
-            rec.status, rec.error, rec.finished = DONE, None, rec.finished or now()
-            rec.error_type = rec.error_message = rec.error_where = None
-        rec.file_size, rec.file_sha256 = check.signature.size, check.signature.sha256
-        rec.schema_version, rec.row_count = SCHEMA_VERSION, rec.n_images
-        rec.output_path = self.layout.relative(paths.task(rec.task_id))
-        if check.metadata is not None:  # timings survive a catalog rebuild in the file itself
-            meta = check.metadata
-            rec.seconds = rec.seconds if rec.seconds is not None else metadata_number(meta, META_SECONDS)
-            rec.cpu_seconds = rec.cpu_seconds if rec.cpu_seconds is not None else metadata_number(meta, META_CPU_SECONDS)
-            rec.build_seconds = (rec.build_seconds if rec.build_seconds is not None
-                                 else metadata_number(meta, META_BUILD_SECONDS))
-            number = metadata_number(meta, META_RUN_VERSION)
-            rec.run_version = rec.run_version if rec.run_version is not None else (int(number) if number else None)
 
     def end_run(self, name: str) -> None:
         """Release the run (this driver is done with it)."""
@@ -699,48 +563,3 @@ class ResultStore:
         finally:
             self.end_run(name)
         return report
-
-
-def _reset(rec: TaskRecord) -> None:
-    """Back to pending: running (driver dead: begin_run refused a live one), done-but-lost, failed."""
-    rec.status, rec.output_path, rec.row_count = PENDING, None, None
-    rec.file_size = rec.file_sha256 = rec.schema_version = None
-
-
-def _get(s: Session, run: str, task_id: str) -> TaskRecord:
-    rec = s.get(TaskRecord, (run, task_id))
-    if rec is None:
-        raise StoreError(f"task {task_id} is not part of run {run!r}")
-    return rec
-
-
-def _write_problem(root: Path) -> str | None:
-    """Why nothing can be written to ``root`` (None: it can), found by trying."""
-    try:
-        fd, probe = tempfile.mkstemp(dir=root, prefix=".bench-write-probe-")
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    os.close(fd)
-    os.unlink(probe)
-    catalog = root / CATALOG_NAME
-    if catalog.exists() and not os.access(catalog, os.W_OK):
-        return f"{catalog} is read-only"
-    return None
-
-
-class _CatalogHashCache:
-    """The provenance hash cache in the catalog's ``file_hashes`` table."""
-
-    def __init__(self, store: ResultStore) -> None:
-        self.store = store
-
-    def get(self, path: str, size: int, mtime_ns: int) -> str | None:
-        with self.store._session() as s:
-            row = s.get(FileHash, path)
-            return row.sha256 if row is not None and (row.size, row.mtime_ns) == (size, mtime_ns) else None
-
-    def put(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
-        if not self.store.writable:
-            return
-        with self.store._session(write=True) as s:
-            s.merge(FileHash(path=path, size=size, mtime_ns=mtime_ns, sha256=sha256))
