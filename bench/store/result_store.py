@@ -253,11 +253,17 @@ class ResultStore:
         return candidate
 
     def end_run(self, name: str) -> None:
-        """Release the run (this driver is done with it)."""
+        """Release the run (this driver is done with it) and close the catalog's connections.
+
+        Closing lets SQLite fold the write-ahead log into the catalog file and delete it, so a
+        reader that can only open the catalog immutable (a read-only directory) sees everything.
+        The store stays usable: connections are opened again on demand.
+        """
         with self._session(write=True) as s:
             run = s.get(RunRecord, name)
             if run is not None and run.driver == self._driver:
                 run.driver, run.updated = None, now()
+        self.engine.dispose()
 
     # -- runs: reading ----------------------------------------------------------------------------
     def runs(self) -> list[str]:
