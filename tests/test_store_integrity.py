@@ -132,6 +132,22 @@ def test_a_run_written_by_an_older_bench_is_refused_on_read_and_rerun_on_submit(
     assert sorted(p.name for p in (results / "runs/old/stale").iterdir()) == sorted(f"{t.task_id}.parquet" for t in old)
 
 
+def test_damaged_run_metadata_is_reported_on_read_and_rewritten_by_submit(tmp_path):
+    results = tmp_path / "results"
+    store, tasks = _submitted(results)
+    run_dir = results / "runs" / "run"
+    (run_dir / "run.json").write_bytes(b"\x00garbage{")
+    (run_dir / "versions" / "0001.json").write_bytes(b"not json")
+    status = CliRunner().invoke(main, ["status", "run", "--results", str(results)])
+    assert status.exit_code == 2 and "run.json is unreadable" in status.output and "re-submit" in status.output
+    notes = []
+    again = ResultStore(results, log=notes.append)
+    assert again.begin_run("run", SPEC, tasks) == []  # the files are still recognised: nothing re-runs
+    assert any("writing a new one" in n for n in notes)
+    assert [v.number for v in again.versions("run")] == [2]  # the damaged version's number is not reused
+    assert again.read_run("run").num_rows == 24
+
+
 # -- the catalog is a cache ----------------------------------------------------------------------------
 def _old_bench_catalog(path: Path) -> None:
     """The tables of bench 998142f's catalog (no catalog_info, no position/signature columns)."""

@@ -171,6 +171,15 @@ def write_version(paths: RunPaths, version: RunVersion) -> None:
     atomic_write_bytes(target, json.dumps(body, indent=1, default=str).encode(), fsync_parent=True)
 
 
+def next_version_number(paths: RunPaths) -> int:
+    """1 + the largest version number present (readable or not: a number is never reused)."""
+    try:
+        numbers = [int(n[:-5]) for n in os.listdir(paths.versions_dir) if n.endswith(".json") and n[:-5].isdigit()]
+    except FileNotFoundError:
+        numbers = []
+    return max(numbers, default=0) + 1
+
+
 def read_versions(paths: RunPaths) -> list[RunVersion]:
     """All recorded versions of a run, oldest first (unreadable files are skipped)."""
     try:

@@ -72,7 +72,13 @@ def package_versions() -> dict[str, str]:
 
 
 def git_state(folder: Path = _PROJECT) -> dict[str, Any]:
-    """Commit and dirty flag (tracked files modified) of the checkout holding ``folder``."""
+    """Commit and dirty flag (tracked files modified) of the checkout whose root is ``folder``.
+
+    Only a folder that is itself a checkout's root counts (an installed copy of bench inside some
+    other repository, e.g. a virtualenv in a project, has no commit of its own).
+    """
+    if not (folder / ".git").exists():
+        return {"commit": None, "dirty": None}
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # never take the index lock of a live checkout
 
     def git(*args: str) -> str:

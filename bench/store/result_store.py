@@ -49,8 +49,8 @@ from bench.store.catalog import DONE, FAILED, PENDING, RUNNING, CatalogHashCache
 from bench.store.errors import StoreError
 from bench.store.failures import FailureSummary, summarize
 from bench.store.layout import TASK_SUFFIX, RunPaths, StoreLayout
-from bench.store.manifest import (RunManifest, RunVersion, manifest_for, now, read_manifest, read_versions, spec_hash,
-                                  spec_record, write_manifest, write_version)
+from bench.store.manifest import (RunManifest, RunVersion, manifest_for, next_version_number, now, read_manifest,
+                                  read_versions, spec_hash, spec_record, write_manifest, write_version)
 from bench.store.process import driver_alive, this_driver
 from bench.store.provenance import collect
 from bench.store.rebuild import present_task_ids, run_record, task_records
@@ -245,7 +245,7 @@ class ResultStore:
         """The latest version if this submit is the same (spec, task set, provenance), else a new one."""
         provenance = collect(tasks, data_dir=self.data_dir, cache=CatalogHashCache(self.engine, self.writable))
         versions = read_versions(paths)
-        candidate = RunVersion(number=(versions[-1].number + 1) if versions else 1, spec_hash=shash, spec=record,
+        candidate = RunVersion(number=next_version_number(paths), spec_hash=shash, spec=record,
                                provenance=provenance, task_ids=[t.task_id for t in tasks], created=now())
         if versions and versions[-1].identity == candidate.identity:
             return versions[-1]
