@@ -134,7 +134,7 @@ def test_a_run_written_by_an_older_bench_is_refused_on_read_and_rerun_on_submit(
 
 def test_damaged_run_metadata_is_reported_on_read_and_rewritten_by_submit(tmp_path):
     results = tmp_path / "results"
-    store, tasks = _submitted(results)
+    _, tasks = _submitted(results)
     run_dir = results / "runs" / "run"
     (run_dir / "run.json").write_bytes(b"\x00garbage{")
     (run_dir / "versions" / "0001.json").write_bytes(b"not json")
