@@ -1,5 +1,5 @@
-"""A real SIGKILL of a `bench submit` driver mid-run, then re-submits: no lost, no duplicated rows,
-no Ray processes left behind, and an idempotent third submit."""
+"""A real SIGKILL of a `bench submit` driver mid-run, then re-submits: the killed driver's tasks show
+as orphaned, no lost, no duplicated rows, no Ray processes left behind, and an idempotent third submit."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from bench.cli import main
 from bench.scheduler import _holders
 from bench.spec import load_job
 from bench.store import DONE, ResultStore
@@ -81,6 +83,13 @@ def test_sigkill_then_resubmit_finishes_the_run_exactly_once(tmp_path, data_dir)
     assert match, log.read_text()
     session_dir = match.group(1)
     _wait(lambda: not _holders(session_dir), 30, f"the processes of {session_dir} to exit")
+
+    # Before any re-submit, `bench status` tells the tasks of the dead driver from running ones.
+    status = CliRunner().invoke(main, ["status", "resume-test", "--results", str(results)])
+    assert status.exit_code == 0, status.output
+    totals = status.output.splitlines()[1]  # "  3 done, 0 running, 2 orphaned, 19 pending, 0 failed of 24; ..."
+    counts = {name: int(k) for k, name in re.findall(r"(\d+) (done|running|orphaned|pending|failed)", totals)}
+    assert counts["running"] == 0 and counts["orphaned"] >= 1, status.output  # the pending cap keeps 2 in flight
 
     tasks = expand_tasks(load_job(job), data_dir=data_dir)
     n = len(tasks)

@@ -1,4 +1,4 @@
-"""``bench submit`` and ``bench status``: running a job and watching it."""
+"""``bench submit``, ``bench status`` and ``bench prune``: running a job, watching it, tidying it."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     options = fetch_options(offline, mirror, progress)
     click.get_current_context().with_resource(options.environment())  # local workers inherit the policy
     _check_data(spec, tasks, data_dir, model_dir, address, options)
-    store = ResultStore(results)
+    store = ResultStore(results, readonly=False, data_dir=data_dir, log=lambda m: click.echo(m, err=True))
     report = submit(
         spec.name, spec, tasks, store,
         lambda: make_backend(address, num_cpus=num_cpus, data_dir=data_dir, model_dir=model_dir, dashboard=dashboard,
@@ -98,34 +98,50 @@ def _check_data(spec: Any, tasks: list[Any], data_dir: str | None, model_dir: st
 @main.command("status")
 @run_argument
 @results_option
+@click.option("--versions", "show_versions", is_flag=True, default=False,
+              help="Also list every version of the run with its provenance (commit, devices, data and checkpoint hashes).")
 @translate_errors
-def status_cmd(run: str | None, results: Path) -> None:
-    """Show the tasks of RUN (default: the latest run) per status and per cell."""
+def status_cmd(run: str | None, results: Path, show_versions: bool) -> None:
+    """Show the tasks of RUN (default: the latest run) per status and per cell.
+
+    Running tasks whose driver is gone are shown as orphaned (a re-submit runs them again); stale
+    task files are those of earlier versions of the run (`bench prune RUN` removes them).
+    """
     from collections import Counter
 
-    from bench.store import STATUSES
+    from bench.store import SHOWN_STATUSES
 
     store = open_store(results)
     run = run or store.latest_run()
     summary = store.summary(run)
     records = store.tasks(run)
-    click.echo(f"run {run} (spec {summary.spec_hash[:12]}, created {summary.created:%Y-%m-%d %H:%M} UTC, "
-               f"updated {summary.updated:%Y-%m-%d %H:%M} UTC)")
-    click.echo("  " + ", ".join(f"{summary.counts[s]} {s}" for s in STATUSES)
-               + f" of {summary.total}; task compute {summary.compute_seconds:.1f} s")
+    click.echo(f"run {run} (version {summary.version} of {summary.versions}, spec {summary.spec_hash[:12]}, "
+               f"created {summary.created:%Y-%m-%d %H:%M} UTC, updated {summary.updated:%Y-%m-%d %H:%M} UTC)")
+    click.echo("  " + ", ".join(f"{summary.counts[s]} {s}" for s in SHOWN_STATUSES)
+               + f" of {summary.total}; task compute {summary.compute_seconds:.1f} s, of which model build "
+               f"{summary.build_seconds:.1f} s")
+    if summary.counts["orphaned"]:
+        click.echo(f"  {summary.counts['orphaned']} task(s) were running under driver {summary.driver}, which is gone; "
+                   "re-submit the job to run them again")
+    if summary.stale:
+        click.echo(f"  {summary.stale} stale task file(s) of earlier versions, not part of the current rows "
+                   f"(`bench prune {run}` removes them)")
+    alive = summary.driver_alive
     cells: dict[str, Counter] = {}
     for r in records:
-        cells.setdefault(f"{r.defense}|{r.attack}", Counter())[r.status] += 1
+        status = "orphaned" if r.status == "running" and not alive else r.status
+        cells.setdefault(f"{r.defense}|{r.attack}", Counter())[status] += 1
     width = max(map(len, cells), default=4)
     for cell, counts in cells.items():
         click.echo(f"  {cell:<{width}}  {counts['done']}/{sum(counts.values())} done"
-                   + "".join(f", {counts[s]} {s}" for s in ("running", "pending", "failed") if counts[s]))
+                   + "".join(f", {counts[s]} {s}" for s in ("running", "orphaned", "pending", "failed") if counts[s]))
     for r in records:
         if r.status == "failed" and r.error:
-            lines = [ln for ln in r.error.strip().splitlines() if ln.strip()]
             click.echo(f"  failed {r.defense}|{r.attack} seed {r.seed} shard {r.shard} "
-                       f"({r.task_id[:12]}, {r.attempts} attempt(s)): {lines[-1] if lines else ''}")
+                       f"({r.task_id[:12]}, {r.attempts} attempt(s)): {_failure(r)}")
     _estimate_lines(results, run, records)
+    if show_versions:
+        _echo_versions(store, run, summary.version)
     others = [n for n in store.runs() if n != run]
     if others:
         click.echo(f"other runs in {results}: {', '.join(others)}")
@@ -142,3 +158,54 @@ def _estimate_lines(results: Path, run: str, records: list[Any]) -> None:
     click.echo(f"  estimate (bench plan, {estimate['device']}, {estimate['created']}): "
                f"{estimate['total']['seconds']:.1f} s task compute for {estimate['total']['tasks']} tasks"
                + (f"; the {n} done: estimated {est:.1f} s, took {act:.1f} s ({act / est:.2f}x)" if n and est else ""))
+
+
+def _failure(record: Any) -> str:
+    from bench.store import FailureSummary, summarize
+
+    if record.error_type is not None or record.error_message is not None:
+        return FailureSummary(record.error_type or "", record.error_message or "", record.error_where).describe()
+    return summarize(record.error).describe()
+
+
+def _echo_versions(store: Any, run: str, current: int) -> None:
+    click.echo(f"versions of run {run} (* current):")
+    for v in store.versions(run):
+        p = v.provenance
+        git = p.get("git") or {}
+        commit = (git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
+        dev = p.get("torch") or {}
+        devices = ", ".join(dev.get("devices") or []) or f"CPU {dev.get('cpu', '?')}"
+        click.echo(f"  {'*' if v.number == current else ' '}{v.number}  {v.created:%Y-%m-%d %H:%M} UTC  spec {v.spec_hash[:12]}  "
+                   f"{len(v.task_ids)} tasks  bench {p.get('bench')}  git {commit}")
+        click.echo(f"      torch {dev.get('torch')}  CUDA {dev.get('cuda') or 'none'}  devices: {devices}")
+        for d in p.get("data") or []:
+            click.echo(f"      data {d.get('dataset')}/{d.get('split')}: {d.get('path', d.get('note', '?'))}  "
+                       f"sha256 {str(d.get('sha256', '?'))[:16]}")
+        for c in p.get("checkpoints") or []:
+            click.echo(f"      checkpoint {c['where']}: {c['path']}  sha256 {c['sha256'][:16]}")
+        for e in p.get("errors") or []:
+            click.echo(f"      not recorded: {e}")
+
+
+@main.command("prune")
+@click.argument("run")
+@results_option
+@click.option("--dry-run", is_flag=True, default=False, help="Only list what would be removed.")
+@translate_errors
+def prune_cmd(run: str, results: Path, dry_run: bool) -> None:
+    """Remove the stale task files of RUN (those of earlier versions of its job).
+
+    The current rows, the run's versions and their provenance are kept. Stale files are never read
+    as part of the run; a job that returns to an earlier version re-uses them until they are pruned.
+    """
+    from bench.store import ResultStore
+
+    open_store(results)  # exit 2 when there are no results
+    store = ResultStore(results, readonly=dry_run, log=lambda m: click.echo(m, err=True))
+    report = store.prune(run, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in report.files:
+        click.echo(f"  {verb} {path}")
+    click.echo(f"run {run}: {verb} {len(report.files)} file(s), {report.bytes / 1e6:.1f} MB, and "
+               f"{report.catalog_rows} catalog record(s) of tasks not in the current version")

@@ -1,0 +1,121 @@
+"""Crash-safe file operations: a file is either absent or complete, never partial.
+
+A file is written to a temporary name in its own directory (``.<name>.<host>.<pid>.tmp``: hidden,
+so ``pandas.read_parquet`` / pyarrow datasets / duckdb globs on the directory skip it), fsynced and
+renamed into place with ``os.replace`` (atomic on POSIX). The directory itself is fsynced only for
+run metadata (manifests, versions): a task file whose rename a power cut undid is simply missing,
+and the next reconcile runs its task again. Moves between directories of one run are single
+``os.replace`` calls. Temporary files whose writer is dead are removed by :func:`remove_dead_temp_files`.
+Files are opened with ``O_NOFOLLOW``: a symbolic link planted in the results directory is never
+followed (see ``bench.store.layout``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.store.process import host_tag, pid_alive_here
+
+TMP_SUFFIX = ".tmp"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _fsync(fd: int) -> None:
+    """``os.fsync``; a seam for tests that simulate a full disk."""
+    os.fsync(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist the directory entries of ``path`` (POSIX: a rename lives in the directory's data)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary name this process writes ``path`` under."""
+    return path.with_name(f".{path.name}.{host_tag()}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True, fsync_parent: bool = False) -> None:
+    """Write ``data`` to ``path``: temporary file, fsync, ``os.replace``; no partial file on error.
+
+    Args:
+        path: The final name.
+        data: The content.
+        fsync: Flush the content to the disk before the rename (default True).
+        fsync_parent: Also flush the directory after the rename (default False: task files do not
+            need it, a rename lost in a power cut makes their task run again; manifests do).
+
+    Raises:
+        OSError: the write failed (full disk, permissions, ...); nothing is left behind.
+    """
+    tmp = temp_path(path)
+    tmp.unlink(missing_ok=True)  # left by a dead process that had this pid
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                _fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync_parent:
+        fsync_dir(path.parent)
+
+
+def read_bytes(path: Path) -> bytes:
+    """The content of ``path``, refusing to follow a symbolic link (``OSError`` ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def move(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` atomically (same filesystem), creating ``dst``'s directory.
+
+    The directories are not fsynced here (callers moving many files flush them once at the end).
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def temp_writer_alive(name: str) -> bool:
+    """Temporary files are named ``.<file>.<host>.<pid>.tmp``: may their writer still be running?"""
+    try:
+        _, _, host, pid = name[: -len(TMP_SUFFIX)].rsplit(".", 3)
+    except ValueError:
+        return False
+    return pid_alive_here(host, pid)
+
+
+def remove_dead_temp_files(directory: Path) -> int:
+    """Delete the temporary files in ``directory`` whose writer is dead; return how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if is_temp_name(entry.name) and not temp_writer_alive(entry.name):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
