@@ -15,7 +15,7 @@ without finished tasks); the CLI turns both into exit code 2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -38,13 +38,16 @@ def _runs(runs: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _store(results: str | Path):
+def open_results(results: str | Path = "results", *, writable: bool = False,
+                 log: Callable[[str], None] | None = None):
+    """The existing store under ``results``: read-only (works on a read-only directory) unless
+    ``writable``. Raises ``StoreError`` (exit code 2 in the CLI) when there are no results there."""
     from bench.store import ResultStore, StoreError
 
     results = Path(results)
-    if not (results / "catalog.sqlite").is_file():
+    if not (results / "catalog.sqlite").is_file() and not (results / "runs").is_dir():
         raise StoreError(f"no results in {results} (no catalog.sqlite); run `bench submit JOB --results {results}`")
-    return ResultStore(results)
+    return ResultStore(results, readonly=not writable, log=log)
 
 
 def load(runs: str | Sequence[str], results: str | Path = "results") -> pd.DataFrame:
@@ -57,7 +60,7 @@ def load(runs: str | Sequence[str], results: str | Path = "results") -> pd.DataF
     Raises:
         StoreError: No results there, or an unknown run (the message lists the runs).
     """
-    store = _store(results)
+    store = open_results(results)
     tables = [store.read_run(run).to_pandas() for run in _runs(runs)]
     return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
 
@@ -94,7 +97,7 @@ def leaderboard(runs: str | Sequence[str], results: str | Path = "results", *,
 
 def title(runs: str | Sequence[str], results: str | Path = "results") -> str:
     """``demo: 30/30 tasks done`` (one clause per run)."""
-    store = _store(results)
+    store = open_results(results)
     parts = []
     for run in _runs(runs):
         summary = store.summary(run)

@@ -44,7 +44,7 @@ def audit_cmd(run: str, results: Path, images: int, extra: bool, fmt: str, out: 
     from bench.audit import AuditError, audit_run, render
     from bench.scheduler import make_backend
 
-    store = open_store(results)
+    store = open_store(results, writable=extra)
     data_dir, model_dir = absolute(data_dir), absolute(model_dir)
     try:
         report = audit_run(

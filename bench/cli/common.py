@@ -84,13 +84,9 @@ def main() -> None:
     """
 
 
-def open_store(results: Path) -> Any:
-    """The store under ``results`` opened read-only (works on a read-only directory; never writes).
+def open_store(results: Path, writable: bool = False) -> Any:
+    """The existing store under ``results`` (``bench.api.open_results``): read-only unless
+    ``writable``; notes (e.g. a catalog rebuilt in memory from the run folders) go to stderr."""
+    from bench.api import open_results
 
-    Notes (e.g. a catalog rebuilt in memory from the run folders) go to stderr.
-    """
-    from bench.store import ResultStore, StoreError
-
-    if not (results / "catalog.sqlite").is_file() and not (results / "runs").is_dir():
-        raise StoreError(f"no results in {results} (no catalog.sqlite); run `bench submit JOB --results {results}`")
-    return ResultStore(results, readonly=True, log=lambda message: click.echo(message, err=True))
+    return open_results(results, writable=writable, log=lambda message: click.echo(message, err=True))
