@@ -118,13 +118,13 @@ BAD = [
     ("duplicate-defense", _append("defenses", {"name": "lp", "type": "lowpass", "cutoff": 8}), "defenses[2].name", ["'lp'", "defenses[1]", "`name:`"]),
     ("duplicate-attack", _append("attacks", {"type": "pgd-eot", "steps": 5}), "attacks[2].name", ["'pgd-eot'", "attacks[0]", "`name:`"]),
     ("cell-name-pipe", _set(("defenses", 1, "name"), "lp|12"), "defenses[1].name", ["must not contain '|'"]),
-    ("empty-name", lambda d: d.update(name=""), "name", ["at least 1 character"]),
+    ("empty-name", lambda d: d.update(name=""), "name", ["must not be empty", "letters, digits"]),
     ("votes-zero", lambda d: d.update(votes=0), "votes", ["greater than 0"]),
     ("votes-bool", lambda d: d.update(votes=True), "votes", ["valid integer"]),
     ("seeds-repeated", lambda d: d.update(seeds=[0, 0]), "seeds", ["distinct", "[0]"]),
     ("seed-type", lambda d: d.update(seeds=[0, "one"]), "seeds[1]", ["valid integer"]),
     ("classifier", lambda d: d.update(classifier="resnet21"), "classifier.name", ["Did you mean", "'resnet20'"]),
-    ("classifier-param", lambda d: d.update(classifier={"name": "resnet20", "depth": 3}), "classifier", ["'depth'", "allowed:", "checkpoint"]),
+    ("classifier-param", lambda d: d.update(classifier={"name": "resnet20", "depth": 3}), "classifier.depth", ["'depth'", "allowed:", "checkpoint"]),
     ("dataset", _set(("dataset", "name"), "cifar11"), "dataset.name", ["'cifar10'"]),
     ("split", _set(("dataset", "split"), "validation"), "dataset.split", ["'validation'", "allowed: test, train"]),
     ("subset-size", _set(("dataset", "subset", "size"), 20000), "dataset.subset.size", ["10000 images", "1..10000"]),
@@ -182,10 +182,10 @@ def test_gradient_mode_not_offered(tmp_path, bpda_only):
 
 def test_unset_environment_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("BENCH_TEST_UNSET", raising=False)
-    path = write(tmp_path / "job.yaml", mutate(lambda d: d.update(name="${BENCH_TEST_UNSET}")))
+    path = write(tmp_path / "job.yaml", mutate(lambda d: d.update(shard_size="${BENCH_TEST_UNSET}")))
     with pytest.raises(JobSpecError) as info:
         load_job(path)
-    assert (info.value.field, info.value.path) == ("name", str(path))
+    assert (info.value.field, info.value.path) == ("shard_size", str(path))
     assert "BENCH_TEST_UNSET" in info.value.message and "${BENCH_TEST_UNSET:-default}" in info.value.message
 
 
@@ -291,15 +291,15 @@ def test_fraction_in_yaml_text(tmp_path):
 
 
 def test_environment_variables(tmp_path, monkeypatch):
-    data = mutate(lambda d: d.update(name="run-${BENCH_TEST_USER}", shard_size="${BENCH_TEST_SHARD:-2}",
+    data = mutate(lambda d: d.update(votes="${BENCH_TEST_VOTES}", shard_size="${BENCH_TEST_SHARD:-2}",
                                      threat={"norm": "${BENCH_TEST_NORM:-Linf}", "eps": "${BENCH_TEST_EPS:-4/255}"}))
     path = write(tmp_path / "j.yaml", data)
-    monkeypatch.setenv("BENCH_TEST_USER", "alice")
+    monkeypatch.setenv("BENCH_TEST_VOTES", "7")
     monkeypatch.delenv("BENCH_TEST_SHARD", raising=False)
     monkeypatch.delenv("BENCH_TEST_NORM", raising=False)
     monkeypatch.setenv("BENCH_TEST_EPS", "0.5")
     spec = load_job(path)
-    assert spec.name == "run-alice" and spec.shard_size == 2  # default typed as an int
+    assert spec.votes == 7 and spec.shard_size == 2  # typed as ints
     assert (spec.threat.norm, spec.threat.eps) == ("Linf", 0.5)
     monkeypatch.delenv("BENCH_TEST_EPS")
     assert load_job(path).threat.eps == 4 / 255  # a default may be a fraction
