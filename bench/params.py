@@ -42,15 +42,23 @@ EMPTY = inspect.Parameter.empty
 
 @dataclass(frozen=True)
 class ExistingPath:
-    """Annotation marker: the string names a path that must exist (``kind`` ``file`` or ``dir``)."""
+    """Annotation marker: the string names a path that must exist.
+
+    Attributes:
+        kind: ``file`` or ``dir``.
+        what: What the path holds, for messages (``checkpoint``, ``file``, ``directory``).
+    """
 
     kind: Literal["file", "dir"] = "file"
+    what: str = "file"
 
 
 #: A string parameter naming a file that must exist (relative paths: from the current directory).
 ExistingFile = Annotated[str, ExistingPath("file")]
+#: A string parameter naming a checkpoint file that must exist.
+CheckpointFile = Annotated[str, ExistingPath("file", "checkpoint")]
 #: A string parameter naming a directory that must exist.
-ExistingDir = Annotated[str, ExistingPath("dir")]
+ExistingDir = Annotated[str, ExistingPath("dir", "directory")]
 
 
 @dataclass(frozen=True)
@@ -167,31 +175,25 @@ def value_problem(hint: Any, value: Any) -> str | None:
     return None
 
 
-def _path_kinds(hint: Any) -> set[str]:
-    """The :class:`ExistingPath` kinds declared anywhere in ``hint`` (unions included)."""
-    kinds: set[str] = set()
+def _path_markers(hint: Any) -> list[ExistingPath]:
+    """The :class:`ExistingPath` markers declared anywhere in ``hint`` (unions included)."""
     if typing.get_origin(hint) is Annotated:
-        kinds |= {m.kind for m in typing.get_args(hint)[1:] if isinstance(m, ExistingPath)}
-        return kinds | _path_kinds(typing.get_args(hint)[0])
-    for arg in typing.get_args(hint):
-        kinds |= _path_kinds(arg)
-    return kinds
+        base, *metadata = typing.get_args(hint)
+        return [m for m in metadata if isinstance(m, ExistingPath)] + _path_markers(base)
+    return [m for arg in typing.get_args(hint) for m in _path_markers(arg)]
 
 
 def path_problem(hint: Any, value: Any) -> str | None:
-    """For a string declared :data:`ExistingFile` / :data:`ExistingDir`: why it does not exist, or None."""
-    if not isinstance(value, str):
-        return None
-    kinds = _path_kinds(hint)
-    if not kinds:
+    """For a string declared with :class:`ExistingPath`: why it does not exist, or None."""
+    markers = _path_markers(hint) if isinstance(value, str) else []
+    if not markers:
         return None
     path = Path(value).expanduser()
-    if ("file" in kinds and path.is_file()) or ("dir" in kinds and path.is_dir()):
+    if any(path.is_file() if m.kind == "file" else path.is_dir() for m in markers):
         return None
-    what = " or ".join(sorted(kinds, key=["file", "dir"].index)).replace("dir", "directory")
     where = "" if path.is_absolute() else f" (resolved to {path.resolve()})"
-    found = " (it is a directory)" if path.is_dir() else " (it is a file)" if path.exists() else ""
-    return f"{what} {value!r} does not exist{where}{found}"
+    found = " (it is a directory)" if path.is_dir() else " (it is not a directory)" if path.exists() else ""
+    return f"{markers[0].what} {value!r} does not exist{where}{found}"
 
 
 def parameter_problems(obj: Any, params: dict[str, Any], *, check_files: bool = True,
@@ -310,8 +312,7 @@ def describe_type(hint: Any) -> str:
     if origin is Annotated:
         base, *metadata = args
         paths = [m for m in metadata if isinstance(m, ExistingPath)]
-        text = (f"path of an existing {'directory' if paths[0].kind == 'dir' else 'file'}" if paths
-                else describe_type(base))
+        text = f"{paths[0].what} path (must exist)" if paths else describe_type(base)
         limits = _range_text(metadata)
         return f"{text} {limits}" if limits else text
     if origin is Literal:
