@@ -29,7 +29,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from bench.checkpoint_files import torch_load
 from bench.params import CheckpointFile
 from defenses.diffusion.ncsnpp import NCSNpp, NCSNppConfig
