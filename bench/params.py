@@ -70,11 +70,13 @@ class Rule:
             default). The first one is the field named in the error.
         check: Returns what is wrong (a sentence saying what is allowed), or None.
         needs_files: The check looks at the file system (skipped when file checks are off).
+        text: The rule in words, for ``bench list ... --describe``.
     """
 
     params: tuple[str, ...]
     check: Callable[..., str | None]
     needs_files: bool = False
+    text: str = ""
 
 
 def param_rules(*rules: Rule) -> Callable[[Any], Any]:

@@ -103,13 +103,15 @@ class _ReverseVPSDE(nn.Module):
 
 @DEFENSES.register("diffpure")
 @param_rules(
-    Rule(("t_star",), t_star_problem),
+    Rule(("t_star",), t_star_problem, text="t_star: continuous time in (0, 1) or an integer step count 1..1000"),
     Rule(("steps", "solver"), lambda steps, solver: None if steps is None or solver == "ddpm" else
-         f"steps={steps} applies to solver='ddpm' only; the sde solver takes dt"),
-    Rule(("steps", "t_star"), lambda steps, t_star: respaced_problem(steps, t_star, "steps")),
-    Rule(("surrogate_steps", "t_star"), lambda k, t_star: respaced_problem(k, t_star, "surrogate_steps")),
+         f"steps={steps} applies to solver='ddpm' only; the sde solver takes dt", text="steps only with solver: ddpm"),
+    Rule(("steps", "t_star"), lambda steps, t_star: respaced_problem(steps, t_star, "steps"),
+         text="steps <= the forward steps of t_star"),
+    Rule(("surrogate_steps", "t_star"), lambda k, t_star: respaced_problem(k, t_star, "surrogate_steps"),
+         text="surrogate_steps <= the forward steps of t_star"),
     Rule(("t_min", "t_star"), lambda t_min, t_star: None if t_star_problem(t_star) or t_min < _continuous(t_star)
-         else f"t_min={t_min:g} must be below t_star ({_continuous(t_star):g})"),
+         else f"t_min={t_min:g} must be below t_star ({_continuous(t_star):g})", text="t_min < t_star"),
 )
 class DiffPure(Defense):
     """Diffuse to ``t_star``, then integrate the reverse VP-SDE (or run DDPM ancestral sampling).

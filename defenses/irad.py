@@ -120,7 +120,8 @@ def save_authors_files(directory: PathLike, liif: LIIF, samplenet: SampleNet) ->
     return rec, smp
 
 
-@param_rules(Rule(("checkpoint", "reconstruction", "samplenet"), weights_problem))
+@param_rules(Rule(("checkpoint", "reconstruction", "samplenet"), weights_problem,
+                  text="either checkpoint, or both reconstruction and samplenet"))
 class IRAD(Defense):
     """Implicit-representation resampling defense (IRAD, arXiv:2310.11890); deterministic.
 

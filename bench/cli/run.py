@@ -36,7 +36,8 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     from bench.store import ResultStore
     from bench.tasks import expand_tasks
 
-    spec = load_job(job)
+    # checkpoints named by the job must exist here unless a remote cluster's workers read them
+    spec = load_job(job, check_files=_runs_on_this_machine(address))
     data_dir, model_dir = absolute(data_dir), absolute(model_dir)
     tasks = expand_tasks(spec, data_dir=data_dir)
     _check_data(tasks, data_dir, address)
@@ -54,6 +55,11 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
         raise click.ClickException(
             f"{len(report.failed)} task(s) failed; `bench status {report.run}` shows the errors, "
             "re-submitting retries them")
+
+
+def _runs_on_this_machine(address: str | None) -> bool:
+    """True unless the tasks go to a remote cluster (``HOST:PORT``, ``ray://...`` or ``$RAY_ADDRESS``)."""
+    return (address or os.environ.get("RAY_ADDRESS")) in (None, "", "local", "serial", "auto")
 
 
 def _check_data(tasks: list[Any], data_dir: str | None, address: str | None) -> None:

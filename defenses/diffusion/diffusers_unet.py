@@ -54,7 +54,8 @@ def _local_or_allowed(path_or_id: str, allow_download: bool) -> str | None:
             "(or a pipeline directory with subfolder: unet), or set allow_download: true to fetch a hub id")
 
 
-@param_rules(Rule(("path_or_id", "allow_download"), _local_or_allowed, needs_files=True))
+@param_rules(Rule(("path_or_id", "allow_download"), _local_or_allowed, needs_files=True,
+                  text="path_or_id: a local directory unless allow_download: true"))
 def load_diffusers_unet(
     path_or_id: str | Path,
     subfolder: str | None = None,

@@ -438,7 +438,9 @@ def assign_ema(model: nn.Module, shadow_params: list[Tensor], source: str = "ema
 
 
 @param_rules(
-    Rule(("config",), lambda config: config_problem(config, read_files=False)),
+    Rule(("config",), lambda config: config_problem(config, read_files=False),
+         text="config: a preset (cifar10-deep, cifar10), an official score-SDE config (dict or .json/.yaml dump) "
+              "whose choices this network implements, or a dict of NCSNppConfig fields"),
     Rule(("config",), lambda config: config_problem(config, read_files=True), needs_files=True),
 )
 def load_score_sde(
