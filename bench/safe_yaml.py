@@ -227,8 +227,9 @@ def load_yaml(data: bytes | str, limits: YAMLLimits = JOB_LIMITS, *, python_tupl
         text = data
     base = _ConfigDumpLoader if python_tuples else _BoundedLoader
     loader_cls = type("_Loader", (base,), {"limits": limits})
-    loader = loader_cls(text)
+    loader = None
     try:
+        loader = loader_cls(text)  # the reader refuses control characters already here
         root = loader.get_single_node()
         if root is None:
             return None
@@ -239,11 +240,13 @@ def load_yaml(data: bytes | str, limits: YAMLLimits = JOB_LIMITS, *, python_tupl
     except _LimitExceeded as exc:
         raise YAMLInputError([("", exc.message)]) from None
     except yaml.YAMLError as exc:
-        raise YAMLInputError([("", f"not valid YAML: {exc}")]) from None
+        where = str(exc).replace('in "<unicode string>", ', "at ")  # the caller names the file
+        raise YAMLInputError([("", f"not valid YAML: {where}")]) from None
     except RecursionError:  # not reachable within max_depth; kept so a bad limit cannot crash
         raise YAMLInputError([("", "the document is nested too deeply")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | os.PathLike, limits: YAMLLimits = JOB_LIMITS, *, python_tuples: bool = False) -> Any:
