@@ -40,7 +40,7 @@ def load_error_message(path: str | os.PathLike, exc: BaseException, weights_only
         return (f"{path} is truncated or corrupted ({type(exc).__name__}: {_first_line(text) or 'ran out of data'}); "
                 "download or write it again")
     if isinstance(exc, pickle.UnpicklingError):
-        detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
         reason = detail.group(1).strip() if detail and detail.group(1).strip() else _first_line(text)
         return f"{path} is not a readable torch checkpoint: it is damaged or was not written by torch.save ({reason})"
     return f"cannot load {path}: {type(exc).__name__}: {_first_line(text)}"

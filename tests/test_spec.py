@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -346,3 +347,149 @@ def test_shipped_job_files_validate(job, tmp_path, monkeypatch):
     spec = load_job(REPO / "jobs" / job)
     assert spec.threat.eps == 8 / 255 and spec.classifier.name
     assert load_job(REPO / "jobs" / job, check_files=False).record() == spec.record()
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 9: names, ${VAR} rule, numbers, all problems at once
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["demo", "cifar10-linf", "irad+diffpure", "pgd_eot.v2", "A1", "x" * 100, "2024"])
+def test_safe_names_are_accepted(tmp_path, name):
+    spec = load_job(write(tmp_path / "j.yaml", mutate(lambda d: (d.update(name=name), d["defenses"][1].update(name=name)))))
+    assert spec.name == name and spec.defense_cells()[1][0] == name
+
+
+@pytest.mark.parametrize("name,says", [
+    ("../../x", "'/'"), ("/abs/path", "'/'"), ("a\\b", "'\\\\'"), (".hidden", "start with a letter or digit"),
+    ("two\nlines", "'\\n'"), ("nul\0", "'\\x00'"), ("x" * 101, "101 characters"), ("with space", "' '"),
+    ("pipe|x", "'|'"), ("caf\u00e9", "'\u00e9'"), ("-flag", "start with a letter or digit"),
+])
+def test_unsafe_names_are_refused_for_runs_and_cells(tmp_path, name, says):
+    for field, change in (("name", lambda d: d.update(name=name)),
+                          ("defenses[1].name", lambda d: d["defenses"][1].update(name=name)),
+                          ("attacks[0].name", lambda d: d["attacks"][0].update(name=name))):
+        with pytest.raises(JobSpecError) as info:
+            load_job(write(tmp_path / "j.yaml", mutate(change)))
+        assert info.value.field == field and says in info.value.message, info.value
+
+
+def test_variables_expand_only_for_bench_prefix_and_the_env_list(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_TEST_VOTES", "4")
+    monkeypatch.setenv("MY_SHARD", "3")
+    monkeypatch.setenv("OTHER_SHARD", "5")
+    data = mutate(lambda d: d.update(votes="${BENCH_TEST_VOTES}", shard_size="${MY_SHARD}", env=["MY_SHARD"]))
+    spec = load_job(write(tmp_path / "j.yaml", data))
+    assert (spec.votes, spec.shard_size) == (4, 3)
+    data["shard_size"] = "${OTHER_SHARD}"
+    with pytest.raises(JobSpecError) as info:
+        load_job(write(tmp_path / "j.yaml", data))
+    assert info.value.field == "shard_size"
+    assert "OTHER_SHARD is not expanded" in info.value.message and "env: [OTHER_SHARD]" in info.value.message
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda d: d.update(name="run-${BENCH_X:-a}"), "name"),
+    (lambda d: d["defenses"][1].update(name="${BENCH_X:-lp}"), "defenses[1].name"),
+    (lambda d: d["defenses"][1].update(type="${BENCH_X:-lowpass}"), "defenses[1].type"),
+    (lambda d: d["attacks"][0].update(defenses=["${BENCH_X:-none}"]), "attacks[0].defenses[0]"),
+    (lambda d: d.update(env=["${BENCH_X:-A}"]), "env[0]"),
+    (lambda d: d.update(backbones={"${BENCH_X:-b}": {"type": "score-sde", "checkpoint": "c.pth"}}), "backbones.${BENCH_X:-b}"),
+])
+def test_variables_are_never_expanded_in_names(tmp_path, change, field):
+    with pytest.raises(JobSpecError) as info:
+        load_job(write(tmp_path / "j.yaml", mutate(change)), check_files=False)
+    assert field in [p.field for p in info.value.problems], info.value
+
+
+def test_record_keeps_references_unexpanded(tmp_path, monkeypatch):
+    """The catalog stores record(): the job as written. An opted-in secret reaches only the configs."""
+    secret = "s3cr3t-token-value"
+    monkeypatch.setenv("MY_TOKEN", secret)
+    data = mutate(lambda d: (d.update(env=["MY_TOKEN"]),
+                             d["defenses"].append({"name": "sar", "type": "sar", "classifier": "${MY_TOKEN}.pt"})))
+    (tmp_path / f"{secret}.pt").touch()
+    monkeypatch.chdir(tmp_path)
+    spec = load_job(write(tmp_path / "j.yaml", data))
+    assert spec.defense_cells()[2][1]["params"]["classifier"] == f"{secret}.pt"  # expanded where it is used
+    record = spec.record()
+    assert record["defenses"][2]["classifier"] == "${MY_TOKEN}.pt" and record["threat"]["eps"] == "8/255"
+    assert secret not in json.dumps(record)
+    from bench.tasks import expand_tasks
+
+    for task in expand_tasks(spec):
+        assert secret not in task.run + task.defense + task.attack
+    assert record == load_job(tmp_path / "j.yaml").record()  # stable, JSON-able
+    record["name"] = "changed"
+    assert spec.record()["name"] == "t"  # a copy
+
+
+@pytest.mark.parametrize("raw,ok", [(2**63 - 1, True), (2**63, False), (0, True), (-1, False)])
+def test_seeds_fit_in_the_catalog(tmp_path, raw, ok):
+    path = write(tmp_path / "j.yaml", mutate(lambda d: d.update(seeds=[raw])))
+    if ok:
+        assert load_job(path).seeds == [raw]
+    else:
+        with pytest.raises(JobSpecError) as info:
+            load_job(path)
+        assert info.value.field == "seeds[0]"
+
+
+@pytest.mark.parametrize("norm,eps,problem", [("Linf", 8, "almost surely 8/255"), ("Linf", 1, "not below 1"),
+                                               ("Linf", 300, "not below 1"), ("Linf", 0.5, None), ("L2", 8, None),
+                                               ("L2", 0.5, None)])
+def test_linf_eps_of_one_or_more_is_refused(tmp_path, norm, eps, problem):
+    path = write(tmp_path / "j.yaml", mutate(lambda d: d.update(threat={"norm": norm, "eps": eps})))
+    if problem is None:
+        assert load_job(path).threat.eps == eps
+        return
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert info.value.field == "threat.eps" and problem in info.value.message
+    assert ("almost surely" in info.value.message) == (eps <= 255)
+
+
+def test_all_problems_of_a_file_come_together(tmp_path):
+    """Model errors in one section do not hide plugin errors in the others."""
+    data = mutate(lambda d: (d["threat"].update(norm="L3"), d["defenses"][1].update(type="lowpas"),
+                             d["attacks"][0].update(stepz=1), d.update(votes=0, precision="fp16")))
+    path = write(tmp_path / "j.yaml", data)
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    fields = [p.field for p in info.value.problems]
+    assert sorted(fields) == sorted(["threat.norm", "votes", "precision", "defenses[1].type", "attacks[0].stepz"])
+    text = str(info.value)
+    assert text.startswith(f"{path}: 5 problems:") and all(f"  - {f}: " in text for f in fields)
+
+
+def test_a_value_is_reported_once(tmp_path):
+    path = write(tmp_path / "j.yaml", mutate(lambda d: d["attacks"][0].update(step_size=".inf")))
+    text = path.read_text().replace("'.inf'", ".inf")
+    path.write_text(text)
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert [p.field for p in info.value.problems] == ["attacks[0].step_size"]
+    assert "not a finite number" in info.value.message
+
+
+def test_fp16_needs_gpus(tmp_path):
+    with pytest.raises(JobSpecError) as info:
+        load_job(write(tmp_path / "j.yaml", mutate(lambda d: d.update(precision="fp16"))))
+    assert info.value.field == "precision" and "bf16" in info.value.message
+    spec = load_job(write(tmp_path / "g.yaml", mutate(lambda d: d.update(precision="fp16", resources={"gpus": 1}))))
+    assert spec.precision == "fp16"
+
+
+def test_missing_files_are_named_and_can_be_left_to_remote_workers(tmp_path):
+    data = mutate(lambda d: d.update(classifier={"name": "checkpoint", "path": str(tmp_path / "m.pt"), "arch": "resnet20"}))
+    path = write(tmp_path / "j.yaml", data)
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert info.value.field == "classifier.path" and "does not exist" in info.value.message
+    assert load_job(path, check_files=False).classifier.params["path"] == str(tmp_path / "m.pt")
+
+
+def test_duplicate_keys_and_bombs_are_refused_before_any_pass(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(GOOD, sort_keys=False) + "votes: 9\n")
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    assert info.value.field == "votes" and "duplicate key 'votes'" in info.value.message

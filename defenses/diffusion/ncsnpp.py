@@ -165,10 +165,12 @@ def official_config(config: dict[str, Any]) -> NCSNppConfig:
     if unknown:
         problems.append(f"unknown field(s) {unknown}")
     for field, implemented in IMPLEMENTED_CHOICES.items():
-        if field not in flat:
-            problems.append(f"{field} is missing (this network implements {implemented!r})")
-        elif not _same(flat[field], implemented):
+        if field in flat and not _same(flat[field], implemented):
             problems.append(f"{field} = {flat[field]!r} is not implemented; this network implements {implemented!r}")
+    missing = [field for field in IMPLEMENTED_CHOICES if field not in flat]
+    if missing:
+        problems.append(f"missing field(s) {', '.join(missing)} (a dump of the official config has them all; the values "
+                        "this network implements are listed in defenses.diffusion.ncsnpp.IMPLEMENTED_CHOICES)")
     if problems:
         raise ScoreSDEConfigError("score-SDE config: " + "; ".join(problems))
     values = {ours: flat[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in flat}
