@@ -104,11 +104,12 @@ def status_cmd(run: str | None, results: Path) -> None:
     for cell, counts in cells.items():
         click.echo(f"  {cell:<{width}}  {counts['done']}/{sum(counts.values())} done"
                    + "".join(f", {counts[s]} {s}" for s in ("running", "pending", "failed") if counts[s]))
+    from bench.failures import summarize
+
     for r in records:
         if r.status == "failed" and r.error:
-            lines = [ln for ln in r.error.strip().splitlines() if ln.strip()]
             click.echo(f"  failed {r.defense}|{r.attack} seed {r.seed} shard {r.shard} "
-                       f"({r.task_id[:12]}, {r.attempts} attempt(s)): {lines[-1] if lines else ''}")
+                       f"({r.task_id[:12]}, {r.attempts} attempt(s)): {summarize(r.error)}")
     others = [n for n in store.runs() if n != run]
     if others:
         click.echo(f"other runs in {results}: {', '.join(others)}")
