@@ -130,7 +130,10 @@ class _Checker:
             return field_of(key) if field_of else f"{field}.{key}"
 
         accepted = registry.parameters(name)
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(obj).parameters.values())
+        try:
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(obj).parameters.values())
+        except (TypeError, ValueError):  # no introspectable signature: the registry's view decides
+            takes_any = False
         unknown = [] if takes_any else sorted(set(params) - set(accepted))
         extra = f" (entry fields: {', '.join(fixed)})" if fixed else ""
         for key in unknown:
