@@ -7,8 +7,9 @@
   errors naming the field.
 - Every integer must fit in 64 bits (the catalog is SQLite, whose integers are 64-bit; a seed of
   2**70 would otherwise fail deep inside the store).
-- :func:`eps_problem`: an L-infinity radius of 1 or more allows every image in [0, 1]; a value such
-  as 8 almost surely means 8/255, and the message says so.
+- :func:`eps_problem`: an L-infinity radius above 1 is meaningless for images in [0, 1] (1 already
+  reaches every image: the unbounded sanity check of an audit); a value such as 8 almost surely
+  means 8/255, and the message says so.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def coerce_numbers(value: Any, problems: Problems, where: tuple[Any, ...] = ()) 
 
 def eps_problem(norm: Any, eps: Any) -> str | None:
     """Why ``eps`` is not a usable radius for ``norm`` (the L-infinity 8-for-8/255 slip), or None."""
-    if norm != "Linf" or isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 1:
+    if norm != "Linf" or isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 1:
         return None
     meant = f"; almost surely {eps:g}/255 = {eps / 255:.4f} was meant: write {eps:g}/255" if eps <= 255 else ""
-    return (f"Linf eps {eps:g} is not below 1: images are in [0, 1], so this ball holds every image{meant}; "
-            "allowed: 0 < eps < 1")
+    return (f"Linf eps {eps:g} is above 1: images are in [0, 1], so eps = 1 already reaches every image{meant}; "
+            "allowed: 0 < eps <= 1")
