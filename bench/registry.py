@@ -129,13 +129,23 @@ class Registry(Generic[T]):
                 f"allowed: {', '.join(allowed) or '(none)'}"
             )
 
+    def check_values(self, name: str, params: dict[str, Any], *, check_files: bool = False) -> None:
+        """Raise PluginError listing every value that does not fit the plugin's declarations
+        (types, ranges, cross-parameter rules; ``bench.params``), without building anything."""
+        from bench.params import parameter_problems
+
+        problems = parameter_problems(self.get(name), params, check_files=check_files, kind=self.kind, name=name)
+        if problems:
+            raise PluginError("; ".join(message for _, message in problems))
+
     def create(self, name: str, **params: Any) -> Any:
-        """Build the plugin (timm's ``create_model``): validate parameters, then call it."""
+        """Build the plugin (timm's ``create_model``): validate parameters and values, then call it."""
         self.check_params(name, params)
         # a required parameter left out would otherwise surface as a bare TypeError from __init__
         missing = [p.name for p in self.parameters(name).values() if p.default is p.empty and p.name not in params]
         if missing:
             raise PluginError(f"{self.kind} {name!r} needs parameter {', '.join(map(repr, missing))}")
+        self.check_values(name, params)
         return self.get(name)(**params)
 
 

@@ -8,13 +8,15 @@ Purification", ICCV 2023, arXiv:2303.09051.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torchsde
+from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from bench.params import Rule, enforce_rules, param_rules
 from bench.registry import DEFENSES
 from defenses.base import Defense
 from defenses.diffusion.backbone import NoisePredictor, load_backbone
@@ -27,8 +29,37 @@ from defenses.diffusion.sampling import (
     strided_indices,
     to_unit,
 )
+from defenses.diffusion.schedule import VPSchedule
 
 SOLVERS = ("sde", "ddpm")
+#: Steps of the discrete schedule every registered backbone uses (checked against the model when built).
+NUM_STEPS = VPSchedule().num_steps
+
+
+def t_star_problem(t_star: float, field: str = "t_star") -> str | None:
+    """Why ``t_star`` is neither continuous time in (0, 1) nor a step count in 1..1000, or None."""
+    try:
+        steps_from_t_star(t_star, NUM_STEPS, field)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def forward_steps(t_star: float) -> int:
+    return steps_from_t_star(t_star, NUM_STEPS)
+
+
+def _continuous(t_star: float) -> float:
+    return float(t_star) if float(t_star) < 1 else forward_steps(t_star) / NUM_STEPS
+
+
+def respaced_problem(k: int | None, t_star: float, field: str) -> str | None:
+    """Why ``k`` reverse steps cannot respace the ``t_star`` forward steps, or None."""
+    if k is None or t_star_problem(t_star) is not None:
+        return None
+    n = forward_steps(t_star)
+    return None if 1 <= k <= n else (f"{field}={k} reverse steps exceed the {n} forward steps of t_star={t_star:g}; "
+                                     f"allowed: 1..{n}")
 
 
 class _ReverseVPSDE(nn.Module):
@@ -71,6 +102,17 @@ class _ReverseVPSDE(nn.Module):
 
 
 @DEFENSES.register("diffpure")
+@param_rules(
+    Rule(("t_star",), t_star_problem, text="t_star: continuous time in (0, 1) or an integer step count 1..1000"),
+    Rule(("steps", "solver"), lambda steps, solver: None if steps is None or solver == "ddpm" else
+         f"steps={steps} applies to solver='ddpm' only; the sde solver takes dt", text="steps only with solver: ddpm"),
+    Rule(("steps", "t_star"), lambda steps, t_star: respaced_problem(steps, t_star, "steps"),
+         text="steps <= the forward steps of t_star"),
+    Rule(("surrogate_steps", "t_star"), lambda k, t_star: respaced_problem(k, t_star, "surrogate_steps"),
+         text="surrogate_steps <= the forward steps of t_star"),
+    Rule(("t_min", "t_star"), lambda t_min, t_star: None if t_star_problem(t_star) or t_min < _continuous(t_star)
+         else f"t_min={t_min:g} must be below t_star ({_continuous(t_star):g})", text="t_min < t_star"),
+)
 class DiffPure(Defense):
     """Diffuse to ``t_star``, then integrate the reverse VP-SDE (or run DDPM ancestral sampling).
 
@@ -119,23 +161,22 @@ class DiffPure(Defense):
         self,
         *,
         backbone: dict[str, Any] | NoisePredictor,
-        t_star: float = 0.1,
-        solver: str = "sde",
-        steps: int | None = None,
-        dt: float = 1e-3,
-        t_min: float = 1e-5,
-        surrogate_steps: int = 10,
+        t_star: Annotated[float, Field(gt=0, le=NUM_STEPS)] = 0.1,
+        solver: Literal["sde", "ddpm"] = "sde",
+        steps: Annotated[int, Field(ge=1, le=NUM_STEPS)] | None = None,
+        dt: Annotated[float, Field(gt=0, le=0.1)] = 1e-3,
+        t_min: Annotated[float, Field(ge=0, lt=1)] = 1e-5,
+        surrogate_steps: Annotated[int, Field(ge=1, le=NUM_STEPS)] = 10,
         checkpointing: bool = True,
     ) -> None:
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"diffpure: solver={solver!r}; allowed: {', '.join(SOLVERS)}")
+        enforce_rules(DiffPure, t_star=t_star, solver=solver, steps=steps, t_min=t_min, surrogate_steps=surrogate_steps)
         self.model = load_backbone(backbone)
         num_steps = self.model.schedule.num_steps
         self.n_steps = steps_from_t_star(t_star, num_steps)  # discrete start (ddpm and surrogate)
         check_trained_range(self.model, self.n_steps, "diffpure")
-        if steps is not None and solver != "ddpm":
-            raise ValueError(f"diffpure: steps={steps} applies to solver='ddpm' only; the sde solver takes dt")
         self.indices = strided_indices(self.n_steps, self.n_steps if steps is None else int(steps))
         self.t_star = float(t_star) if float(t_star) < 1 else self.n_steps / num_steps
         if not (dt > 0 and 0 <= t_min < self.t_star):

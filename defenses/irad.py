@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.checkpoint_files import torch_load
+from bench.params import CheckpointFile, Rule, enforce_rules, param_rules
 from defenses.base import Defense
 from defenses.liif import LIIF, SampleNet, mlp_hidden_from_state_dict, pixel_queries
 
@@ -39,7 +41,19 @@ def _load(path: PathLike, trust: bool) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IRAD checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=not trust)
+    return torch_load(path, weights_only=not trust)
+
+
+def weights_problem(checkpoint: Any, reconstruction: Any, samplenet: Any) -> str | None:
+    """Why the weight sources given to IRAD are not exactly one of the two accepted forms, or None."""
+    if checkpoint is not None:
+        if reconstruction is not None or samplenet is not None:
+            return "give either checkpoint or reconstruction + samplenet, not both"
+        return None
+    if reconstruction is None or samplenet is None:
+        return ("needs its weights: checkpoint (our format, `bench train irad`) or both reconstruction and samplenet "
+                "(the authors' Reconstruction.pt and SampleNet.pt)")
+    return None
 
 
 def _strict_load(module: torch.nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
@@ -106,6 +120,8 @@ def save_authors_files(directory: PathLike, liif: LIIF, samplenet: SampleNet) ->
     return rec, smp
 
 
+@param_rules(Rule(("checkpoint", "reconstruction", "samplenet"), weights_problem,
+                  text="either checkpoint, or both reconstruction and samplenet"))
 class IRAD(Defense):
     """Implicit-representation resampling defense (IRAD, arXiv:2310.11890); deterministic.
 
@@ -124,16 +140,16 @@ class IRAD(Defense):
     stochastic = False
     gradient_modes = ("full", "bpda")
 
-    def __init__(self, checkpoint: PathLike | None = None, reconstruction: PathLike | LIIF | None = None,
-                 samplenet: PathLike | SampleNet | None = None, trust_checkpoint: bool = False) -> None:
+    def __init__(self, checkpoint: CheckpointFile | Path | None = None,
+                 reconstruction: CheckpointFile | Path | LIIF | None = None,
+                 samplenet: CheckpointFile | Path | SampleNet | None = None, trust_checkpoint: bool = False) -> None:
         super().__init__()
+        try:
+            enforce_rules(IRAD, checkpoint=checkpoint, reconstruction=reconstruction, samplenet=samplenet)
+        except ValueError as exc:
+            raise ValueError(f"irad: {exc}") from None
         if checkpoint is not None:
-            if reconstruction is not None or samplenet is not None:
-                raise ValueError("irad: give either checkpoint or reconstruction + samplenet, not both")
             liif, net = load_checkpoint(checkpoint, trust_checkpoint)
-        elif reconstruction is None or samplenet is None:
-            raise ValueError("irad: needs checkpoint (our format) or both reconstruction and samplenet "
-                             "(the authors' Reconstruction.pt and SampleNet.pt)")
         elif isinstance(reconstruction, LIIF) and isinstance(samplenet, SampleNet):
             liif, net = reconstruction, samplenet
         elif isinstance(reconstruction, (str, Path)) and isinstance(samplenet, (str, Path)):

@@ -25,9 +25,10 @@ part that ``.real`` silently drops. ``tests/test_lowpass.py`` checks the imagina
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from bench.registry import DEFENSES
@@ -84,7 +85,8 @@ class LowPass(Defense):
     """Low-pass filter in the 2-D Fourier domain, per image and channel (deterministic).
 
     Args:
-        cutoff: Cut-off k in cycles per image; the paper's best value on CIFAR-10 is 12. Default 12.
+        cutoff: Cut-off k in cycles per image, in (0, 1024]; the paper's best value on CIFAR-10 is 12.
+            Default 12.
         mask: ``"circle"`` (distance from the centre <= k; default) or ``"square"`` (|u|, |v| <= k).
 
     Usage: ``LowPass(cutoff=12).purify(x)`` with ``x`` (N, C, H, W) float in [0, 1] -> same shape.
@@ -94,7 +96,8 @@ class LowPass(Defense):
     stochastic: ClassVar[bool] = False
     gradient_modes: ClassVar[tuple[str, ...]] = ("full", "bpda")
 
-    def __init__(self, cutoff: float = 12, mask: str = "circle") -> None:
+    def __init__(self, cutoff: Annotated[float, Field(gt=0, le=1024)] = 12,
+                 mask: Literal["circle", "square"] = "circle") -> None:
         super().__init__()
         if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
             raise ValueError(f"lowpass cutoff must be a positive number, got {cutoff!r}")

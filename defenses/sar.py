@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bench.checkpoint_files import torch_load
+from bench.params import CheckpointFile
 from bench.registry import DEFENSES
 from defenses.base import Defense
 
@@ -24,7 +26,7 @@ def checkpoint_architecture(path: str | Path, weights_only: bool = True) -> tupl
     """The architecture name and keyword arguments a ``bench train sar`` checkpoint records."""
     if not Path(path).is_file():
         raise ValueError(f"sar: classifier checkpoint {path} does not exist; train it with `bench train sar --out {path}`")
-    obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    obj = torch_load(path, weights_only=weights_only)
     if not isinstance(obj, dict) or not isinstance(obj.get("arch"), str):
         raise ValueError(
             f"sar: {path} does not name its architecture (not written by `bench train sar`); pass "
@@ -81,7 +83,7 @@ class SAR(Defense):
     stochastic: ClassVar[bool] = False
     gradient_modes: ClassVar[tuple[str, ...]] = ("full", "bpda")
 
-    def __init__(self, classifier: str | dict[str, Any] | nn.Module, weights_only: bool = True) -> None:
+    def __init__(self, classifier: CheckpointFile | dict[str, Any] | nn.Module, weights_only: bool = True) -> None:
         super().__init__()
         # Frozen and in eval mode, like every job classifier (bench.classifiers.load_classifier).
         self.classifier = load_sar_classifier(classifier, weights_only).eval().requires_grad_(False)

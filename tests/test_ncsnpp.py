@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 
 import pytest
 import torch
+import yaml
 
 from bench.registry import BACKBONES
 from defenses.diffusion.ncsnpp import NCSNpp, assign_ema, load_score_sde, timestep_embedding
@@ -143,3 +145,98 @@ def test_eps_output_responds_to_time_and_input():
         b = model(x, torch.full((3,), 500.0))
     assert a.shape == x.shape and torch.isfinite(a).all()
     assert not torch.allclose(a, b)
+
+
+# The official config of checkpoint_8.pth, transcribed from yang-song/score_sde_pytorch
+# (configs/default_cifar10_configs.py + configs/vp/cifar10_ddpmpp_deep_continuous.py), as to_dict() gives it.
+OFFICIAL_DEEP = {
+    "training": {"batch_size": 128, "n_iters": 950001, "snapshot_freq": 50000, "log_freq": 50, "eval_freq": 100,
+                 "snapshot_freq_for_preemption": 10000, "snapshot_sampling": True, "likelihood_weighting": False,
+                 "continuous": True, "reduce_mean": True, "sde": "vpsde"},
+    "sampling": {"n_steps_each": 1, "noise_removal": True, "probability_flow": False, "snr": 0.16, "method": "pc",
+                 "predictor": "euler_maruyama", "corrector": "none"},
+    "eval": {"begin_ckpt": 9, "end_ckpt": 26, "batch_size": 1024, "enable_sampling": False, "num_samples": 50000,
+             "enable_loss": True, "enable_bpd": False, "bpd_dataset": "test"},
+    "data": {"dataset": "CIFAR10", "image_size": 32, "random_flip": True, "centered": True,
+             "uniform_dequantization": False, "num_channels": 3},
+    "model": {"sigma_min": 0.01, "sigma_max": 50, "num_scales": 1000, "beta_min": 0.1, "beta_max": 20.0,
+              "dropout": 0.1, "embedding_type": "positional", "name": "ncsnpp", "scale_by_sigma": False,
+              "ema_rate": 0.9999, "normalization": "GroupNorm", "nonlinearity": "swish", "nf": 128,
+              "ch_mult": (1, 2, 2, 2), "num_res_blocks": 8, "attn_resolutions": (16,), "resamp_with_conv": True,
+              "conditional": True, "fir": False, "fir_kernel": [1, 3, 3, 1], "skip_rescale": True,
+              "resblock_type": "biggan", "progressive": "none", "progressive_input": "none",
+              "progressive_combine": "sum", "attention_type": "ddpm", "init_scale": 0.0, "fourier_scale": 16,
+              "conv_size": 3},
+    "optim": {"weight_decay": 0, "optimizer": "Adam", "lr": 2e-4, "beta1": 0.9, "eps": 1e-8, "warmup": 5000,
+              "grad_clip": 1.0},
+    "seed": 42,
+}
+
+
+def test_official_config_dict_and_dumps_give_the_deep_preset(tmp_path):
+    from defenses.diffusion.ncsnpp import PRESETS, resolve_config
+
+    assert resolve_config(OFFICIAL_DEEP) == PRESETS["cifar10-deep"]
+    four = {**OFFICIAL_DEEP, "model": {**OFFICIAL_DEEP["model"], "num_res_blocks": 4}}
+    assert resolve_config(four) == PRESETS["cifar10"]
+    # ml_collections' to_yaml(): tuples as !!python/tuple, the device as a Python object (never built)
+    dump = yaml.dump({**OFFICIAL_DEEP, "device": "DEVICE"}, default_flow_style=False)
+    assert "!!python/tuple" in dump
+    dump = dump.replace("device: DEVICE", "device: !!python/object/apply:torch.device\n- cuda\n- 0")
+    (tmp_path / "config.yaml").write_text(dump)
+    assert resolve_config(str(tmp_path / "config.yaml")) == PRESETS["cifar10-deep"]
+    (tmp_path / "config.json").write_text(json.dumps(OFFICIAL_DEEP))  # to_json()
+    assert resolve_config(str(tmp_path / "config.json")) == PRESETS["cifar10-deep"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model.scale_by_sigma", True), ("model.embedding_type", "fourier"), ("model.fir", True),
+    ("model.resblock_type", "ddpm"), ("model.progressive", "output_skip"), ("model.progressive_input", "residual"),
+    ("model.normalization", "InstanceNorm"), ("model.nonlinearity", "elu"), ("model.skip_rescale", False),
+    ("model.conditional", False), ("model.attention_type", "legacy"), ("model.conv_size", 5), ("model.name", "ddpm"),
+    ("model.beta_max", 10.0), ("data.centered", False), ("training.sde", "subvpsde"), ("training.continuous", False),
+])
+def test_official_config_choices_the_network_does_not_implement_are_refused(field, value):
+    from defenses.diffusion.ncsnpp import ScoreSDEConfigError, resolve_config
+
+    section, key = field.split(".")
+    config = {**OFFICIAL_DEEP, section: {**OFFICIAL_DEEP[section], key: value}}
+    with pytest.raises(ScoreSDEConfigError) as info:
+        resolve_config(config)
+    assert f"{field} = {value!r} is not implemented" in str(info.value)
+
+
+def test_official_config_missing_or_unknown_fields_are_refused():
+    from defenses.diffusion.ncsnpp import ScoreSDEConfigError, resolve_config
+
+    model = {k: v for k, v in OFFICIAL_DEEP["model"].items() if k != "scale_by_sigma"}
+    with pytest.raises(ScoreSDEConfigError, match="missing field\\(s\\) model.scale_by_sigma"):
+        resolve_config({**OFFICIAL_DEEP, "model": model})
+    with pytest.raises(ScoreSDEConfigError, match="unknown field\\(s\\) \\['model.fir_kernal'\\]"):
+        resolve_config({**OFFICIAL_DEEP, "model": {**OFFICIAL_DEEP["model"], "fir_kernal": [1]}})
+
+
+def test_checkpoint_loads_with_its_official_config_and_a_job_is_checked_against_it(tmp_path, raw_and_shadow, monkeypatch):
+    """A tiny network described in the official layout loads like the flat config; a job whose backbone
+    config asks for Fourier embeddings fails at load naming backbones.<name>.config."""
+    from bench.spec import JobSpecError, parse_job
+
+    raw, shadow = raw_and_shadow
+    path = tmp_path / "checkpoint_8.pth"
+    write_checkpoint(path, raw, shadow)
+    official = {**OFFICIAL_DEEP, "model": {**OFFICIAL_DEEP["model"], **TINY}}
+    (tmp_path / "tiny.json").write_text(json.dumps(official))
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([99.9])
+    with torch.no_grad():
+        assert torch.equal(load_score_sde(path, config=str(tmp_path / "tiny.json"))(x, t),
+                           load_score_sde(path, config=TINY)(x, t))
+    job = {"name": "j", "dataset": {"name": "cifar10"}, "classifier": "resnet20", "threat": {"norm": "Linf", "eps": "8/255"},
+           "backbones": {"sde": {"type": "score-sde", "checkpoint": str(path), "config": str(tmp_path / "tiny.json")}},
+           "defenses": [{"type": "diffpure", "backbone": "sde"}], "attacks": []}
+    parse_job(job)
+    bad = {**official, "model": {**official["model"], "embedding_type": "fourier"}}
+    job["backbones"]["sde"]["config"] = bad
+    with pytest.raises(JobSpecError) as info:
+        parse_job(job)
+    assert info.value.field == "backbones.sde.config"
+    assert "model.embedding_type = 'fourier' is not implemented; this network implements 'positional'" in info.value.message

@@ -119,8 +119,10 @@ def test_var_keyword_plugins_accept_anything():
     assert reg.create("kw", anything=1) == {"anything": 1}
 
 
-def test_bad_values_fail_with_the_plugin_message():
-    with pytest.raises(ValueError, match="not one of \\('circle', 'square'\\)"):
+def test_bad_values_fail_with_the_declared_allowed_values():
+    with pytest.raises(PluginError, match="parameter 'mask' expects 'circle' \\| 'square'.*got 'hexagon'"):
         DEFENSES.create("lowpass", mask="hexagon")
+    with pytest.raises(PluginError, match="parameter 'cutoff' expects float in \\(0, 1,024\\].*got -3"):
+        DEFENSES.create("lowpass", cutoff=-3)
     with pytest.raises(ValueError, match="norm 'L3'"):
         ATTACKS.create("pgd-eot", norm="L3")

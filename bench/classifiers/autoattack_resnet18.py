@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.classifiers.resnet_cifar import load_weights
+from bench.params import CheckpointFile
 from bench.registry import CLASSIFIERS
 
 
@@ -73,7 +74,7 @@ def bundled_checkpoint() -> Path:
     return path
 
 
-def autoattack_resnet18(checkpoint: str | os.PathLike | None = None, weights_only: bool = True) -> ResNet18:
+def autoattack_resnet18(checkpoint: CheckpointFile | os.PathLike | None = None, weights_only: bool = True) -> ResNet18:
     """The pyautoattack example ResNet-18 (standard training, CIFAR-10; inputs in [0,1]), in eval mode.
 
     Args:

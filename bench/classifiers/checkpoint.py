@@ -9,13 +9,15 @@ opts in to unpickling code with ``weights_only=False``, and must fit the archite
 from __future__ import annotations
 
 import difflib
+import typing
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from torch import nn
 
 from bench.classifiers.autoattack_resnet18 import ResNet18
 from bench.classifiers.resnet_cifar import DEPTHS, ResNetCIFAR, load_weights
+from bench.params import CheckpointFile
 from bench.registry import CLASSIFIERS, PluginError
 
 
@@ -43,6 +45,12 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+#: The architecture names a checkpoint classifier accepts (the keys of ARCHITECTURES).
+Architecture = Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "autoattack-resnet18", "wrn-28-10",
+                       "wide-resnet"]
+assert set(typing.get_args(Architecture)) == set(ARCHITECTURES)
+
+
 def build_architecture(arch: str, **arch_kwargs: Any) -> nn.Module:
     """A randomly initialised network of the registered architecture ``arch``."""
     if arch not in ARCHITECTURES:
@@ -52,7 +60,8 @@ def build_architecture(arch: str, **arch_kwargs: Any) -> nn.Module:
     return ARCHITECTURES[arch](**arch_kwargs)
 
 
-def checkpoint_model(path: str | os.PathLike, arch: str, weights_only: bool = True, **arch_kwargs: Any) -> nn.Module:
+def checkpoint_model(path: CheckpointFile | os.PathLike, arch: Architecture, weights_only: bool = True,
+                     **arch_kwargs: Any) -> nn.Module:
     """Build ``arch`` and load ``path`` into it strictly; the network is returned in eval mode.
 
     Args:

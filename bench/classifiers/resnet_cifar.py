@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.checkpoint_files import load_error_message
+from bench.params import CheckpointFile, ExistingDir
 from bench.registry import CLASSIFIERS, PluginError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -149,9 +151,8 @@ def load_state(path: str | os.PathLike, weights_only: bool = True) -> dict[str, 
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:  # pickle refusals come as UnpicklingError, corrupt files as RuntimeError
-        hint = " If you trust this file, opt in with weights_only: false." if weights_only else ""
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}.{hint}") from exc
+    except Exception as exc:  # pickle refusals, truncated files, non-checkpoints: told apart there
+        raise CheckpointError(load_error_message(path, exc, weights_only)) from exc
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
@@ -183,7 +184,8 @@ def _resnet(name: str, checkpoint, model_dir, pretrained: bool, weights_only: bo
     return load_weights(model, path, weights_only).eval()
 
 
-def resnet20(checkpoint: str | None = None, model_dir: str | None = None, pretrained: bool = True, weights_only: bool = True) -> ResNetCIFAR:
+def resnet20(checkpoint: CheckpointFile | None = None, model_dir: ExistingDir | None = None, pretrained: bool = True,
+             weights_only: bool = True) -> ResNetCIFAR:
     """ResNet-20 (0.27M parameters; 91.73% on the CIFAR-10 test set with the published weights).
 
     Pretrained networks come in eval mode; ``pretrained=False`` ones in training mode.
@@ -197,17 +199,20 @@ def resnet20(checkpoint: str | None = None, model_dir: str | None = None, pretra
     return _resnet("resnet20", checkpoint, model_dir, pretrained, weights_only)
 
 
-def resnet32(checkpoint: str | None = None, model_dir: str | None = None, pretrained: bool = True, weights_only: bool = True) -> ResNetCIFAR:
+def resnet32(checkpoint: CheckpointFile | None = None, model_dir: ExistingDir | None = None, pretrained: bool = True,
+             weights_only: bool = True) -> ResNetCIFAR:
     """ResNet-32 (0.46M parameters; 92.63%). Arguments as :func:`resnet20`."""
     return _resnet("resnet32", checkpoint, model_dir, pretrained, weights_only)
 
 
-def resnet44(checkpoint: str | None = None, model_dir: str | None = None, pretrained: bool = True, weights_only: bool = True) -> ResNetCIFAR:
+def resnet44(checkpoint: CheckpointFile | None = None, model_dir: ExistingDir | None = None, pretrained: bool = True,
+             weights_only: bool = True) -> ResNetCIFAR:
     """ResNet-44 (0.66M parameters; 93.10%). Arguments as :func:`resnet20`."""
     return _resnet("resnet44", checkpoint, model_dir, pretrained, weights_only)
 
 
-def resnet56(checkpoint: str | None = None, model_dir: str | None = None, pretrained: bool = True, weights_only: bool = True) -> ResNetCIFAR:
+def resnet56(checkpoint: CheckpointFile | None = None, model_dir: ExistingDir | None = None, pretrained: bool = True,
+             weights_only: bool = True) -> ResNetCIFAR:
     """ResNet-56 (0.85M parameters; 93.39%). Arguments as :func:`resnet20`."""
     return _resnet("resnet56", checkpoint, model_dir, pretrained, weights_only)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 
@@ -59,8 +60,8 @@ def expected_files(name: str, model_dir: str | os.PathLike, dataset: str, threat
 def robustbench_model(
     name: str,
     model_dir: str | os.PathLike = "models",
-    dataset: str = "cifar10",
-    threat_model: str = "Linf",
+    dataset: Literal["cifar10", "cifar100", "imagenet"] = "cifar10",
+    threat_model: Literal["Linf", "L2", "corruptions", "corruptions_3d"] = "Linf",
     allow_download: bool = False,
 ) -> nn.Module:
     """A RobustBench zoo model mapping [0,1] images to logits (normalisation, if any, is inside).

@@ -95,7 +95,7 @@ def _selection(what: str | None, job: str | None, data_dir: str | None,
     if job is not None:
         from bench.spec import load_job
 
-        needs += job_needs(load_job(job), layout, catalogue)
+        needs += job_needs(load_job(job, check_files=False), layout, catalogue)  # checkpoints may be trained later
     if what is not None or job is None:
         needs += [Need(a, layout, None, "") for a in catalogue.select(_names(what))]
     return layout, needs

@@ -41,7 +41,10 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     from bench.store import ResultStore
     from bench.tasks import expand_tasks
 
-    spec = load_job(job)
+    # checkpoints named by the job must exist here unless a remote cluster's workers read them
+    from bench.job_data import driver_sees_cluster_files
+
+    spec = load_job(job, check_files=driver_sees_cluster_files(address))  # a ray:// client cannot see the cluster's files
     data_dir, model_dir = absolute(data_dir), absolute(model_dir)
     tasks = expand_tasks(spec, data_dir=data_dir)
     options = fetch_options(offline, mirror, progress)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bench.params import Rule, param_rules
 from defenses.diffusion.backbone import NoisePredictor
 
 
@@ -46,6 +47,15 @@ class DiffusersUNet(NoisePredictor):
         return out[:, : self.in_channels]
 
 
+def _local_or_allowed(path_or_id: str, allow_download: bool) -> str | None:
+    if allow_download or Path(path_or_id).expanduser().is_dir():
+        return None
+    return (f"{path_or_id!r} is not a local directory; pass a directory written by UNet2DModel.save_pretrained "
+            "(or a pipeline directory with subfolder: unet), or set allow_download: true to fetch a hub id")
+
+
+@param_rules(Rule(("path_or_id", "allow_download"), _local_or_allowed, needs_files=True,
+                  text="path_or_id: a local directory unless allow_download: true"))
 def load_diffusers_unet(
     path_or_id: str | Path,
     subfolder: str | None = None,

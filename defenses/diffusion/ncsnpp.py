@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.checkpoint_files import torch_load
+from bench.params import CheckpointFile, Rule, param_rules
 from defenses.diffusion.backbone import NoisePredictor
 
 _SQRT2 = math.sqrt(2.0)
@@ -78,26 +80,166 @@ PRESETS: dict[str, NCSNppConfig] = {
     "cifar10": NCSNppConfig(num_res_blocks=4),
 }
 
+# -- the official score-SDE config (ml_collections ConfigDict: training / data / model / ...) ----------
+#: Choices of the official config that this network implements one way only (field -> that value).
+#: A checkpoint trained with another choice would load (or not) and compute something else.
+IMPLEMENTED_CHOICES: dict[str, Any] = {
+    "model.name": "ncsnpp",
+    "model.scale_by_sigma": False,        # the output is eps; score = -eps / std(t) (module docstring)
+    "model.normalization": "GroupNorm",
+    "model.nonlinearity": "swish",
+    "model.conditional": True,            # time-conditioned
+    "model.fir": False,                   # naive up/down-sampling inside the BigGAN blocks
+    "model.skip_rescale": True,
+    "model.resblock_type": "biggan",
+    "model.progressive": "none",
+    "model.progressive_input": "none",
+    "model.attention_type": "ddpm",
+    "model.embedding_type": "positional",  # sinusoidal embedding of 999 t (not Gaussian Fourier)
+    "model.conv_size": 3,
+    "model.beta_min": 0.1,                # the VP schedule of defenses.diffusion.schedule
+    "model.beta_max": 20.0,
+    "data.centered": True,                # inputs in [-1, 1]
+    "training.sde": "vpsde",
+    "training.continuous": True,          # labels 999 t, std from the continuous marginal
+}
+#: Official fields that set :class:`NCSNppConfig` fields.
+CONFIG_FIELDS: dict[str, str] = {
+    "model.nf": "nf", "model.ch_mult": "ch_mult", "model.num_res_blocks": "num_res_blocks",
+    "model.attn_resolutions": "attn_resolutions", "model.dropout": "dropout", "data.image_size": "image_size",
+    "data.num_channels": "num_channels", "model.sigma_min": "sigma_min", "model.sigma_max": "sigma_max",
+    "model.num_scales": "num_scales",
+}
+#: Official fields read without effect on this network's outputs: training, sampling and evaluation
+#: settings, the EMA rate, initialisation, and options that only matter for choices refused above
+#: (the FIR kernel without FIR, the progressive combiner without progressive paths, resampling
+#: convolutions, which BigGAN blocks do not use, the Fourier scale without Fourier embedding).
+IGNORED_SECTIONS = ("sampling", "eval", "optim", "seed", "device")
+IGNORED_FIELDS = ("model.ema_rate", "model.init_scale", "model.fir_kernel", "model.progressive_combine",
+                  "model.resamp_with_conv", "model.fourier_scale", "data.dataset", "data.random_flip",
+                  "data.uniform_dequantization")
+_SECTIONS = ("training", "data", "model", *IGNORED_SECTIONS)
 
-def resolve_config(config: str | dict[str, Any] | NCSNppConfig) -> NCSNppConfig:
-    """A preset name, a dict of :class:`NCSNppConfig` fields, or a config -> a config."""
+
+class ScoreSDEConfigError(ValueError):
+    """An official score-SDE config asks for something this network does not implement."""
+
+
+def is_official_config(config: dict[str, Any]) -> bool:
+    """True for the official nested layout (``model`` / ``data`` / ``training`` sections)."""
+    return any(isinstance(config.get(section), dict) for section in ("model", "data", "training"))
+
+
+def _same(found: Any, implemented: Any) -> bool:
+    if isinstance(implemented, bool) or isinstance(found, bool):
+        return found is implemented
+    if isinstance(implemented, (int, float)) and isinstance(found, (int, float)):
+        return math.isclose(found, implemented, rel_tol=1e-9)
+    return found == implemented
+
+
+def official_config(config: dict[str, Any]) -> NCSNppConfig:
+    """The :class:`NCSNppConfig` of an official score-SDE config, refusing what is not implemented.
+
+    Every field of :data:`IMPLEMENTED_CHOICES` must be present and equal to the implemented value
+    (a dump of a config object always has them); unknown fields are refused too (a typo would
+    otherwise pass silently).
+
+    Raises:
+        ScoreSDEConfigError: naming every offending field, its value and what is implemented.
+    """
+    problems = []
+    unknown_sections = sorted(set(config) - set(_SECTIONS))
+    if unknown_sections:
+        problems.append(f"unknown section(s) {unknown_sections}; allowed: {', '.join(_SECTIONS)}")
+    flat: dict[str, Any] = {}
+    for section in ("training", "data", "model"):
+        values = config.get(section, {})
+        if not isinstance(values, dict):
+            problems.append(f"{section} must be a mapping, got {values!r}")
+            continue
+        flat.update({f"{section}.{key}": value for key, value in values.items()})
+    known = set(IMPLEMENTED_CHOICES) | set(CONFIG_FIELDS) | set(IGNORED_FIELDS)
+    training_only = {k for k in flat if k.startswith("training.")} - set(IMPLEMENTED_CHOICES)
+    unknown = sorted(set(flat) - known - training_only)
+    if unknown:
+        problems.append(f"unknown field(s) {unknown}")
+    for field, implemented in IMPLEMENTED_CHOICES.items():
+        if field in flat and not _same(flat[field], implemented):
+            problems.append(f"{field} = {flat[field]!r} is not implemented; this network implements {implemented!r}")
+    missing = [field for field in IMPLEMENTED_CHOICES if field not in flat]
+    if missing:
+        problems.append(f"missing field(s) {', '.join(missing)} (a dump of the official config has them all; the values "
+                        "this network implements are listed in defenses.diffusion.ncsnpp.IMPLEMENTED_CHOICES)")
+    if problems:
+        raise ScoreSDEConfigError("score-SDE config: " + "; ".join(problems))
+    values = {ours: flat[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in flat}
+    return resolve_config(values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """An official config dumped as JSON (``config.to_json()``) or YAML (``config.to_yaml()``).
+
+    YAML is read bounded and safely; ``!!python/tuple`` becomes a list and other Python objects (the
+    ``device``) an inert placeholder: nothing is instantiated.
+    """
+    from bench.safe_yaml import YAMLInputError, YAMLLimits, read_yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"score-SDE config file not found: {path}")
+    try:
+        data = read_yaml(path, YAMLLimits(max_bytes=1 << 20), python_tuples=True)  # JSON is YAML
+    except YAMLInputError as exc:
+        raise ScoreSDEConfigError(f"score-SDE config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ScoreSDEConfigError(f"score-SDE config {path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def resolve_config(config: str | Path | dict[str, Any] | NCSNppConfig) -> NCSNppConfig:
+    """A config from: a preset name; a path to an official config dump (``.json``/``.yaml``/``.yml``);
+    an official config dict (``model`` / ``data`` / ``training`` sections, see :func:`official_config`);
+    a flat dict of :class:`NCSNppConfig` fields; or a config."""
     if isinstance(config, NCSNppConfig):
         return config
+    if isinstance(config, Path) or (isinstance(config, str) and config not in PRESETS
+                                    and config.lower().endswith((".json", ".yaml", ".yml"))):
+        return official_config(read_config_file(config))
     if isinstance(config, str):
         if config not in PRESETS:
-            raise ValueError(f"unknown NCSN++ config {config!r}; allowed: {', '.join(PRESETS)} or a dict of fields")
+            raise ValueError(f"unknown NCSN++ config {config!r}; allowed: {', '.join(PRESETS)}, a config file "
+                             "(.json/.yaml/.yml) or a dict")
         return PRESETS[config]
+    if isinstance(config, dict) and is_official_config(config):
+        return official_config(config)
     if isinstance(config, dict):
         allowed = {f.name for f in fields(NCSNppConfig)}
         unknown = sorted(set(config) - allowed)
         if unknown:
-            raise ValueError(f"NCSN++ config has unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+            raise ValueError(f"NCSN++ config has unknown field(s) {unknown}; allowed: {sorted(allowed)} "
+                             "(or the official layout with model/data/training sections)")
         values = dict(config)
         for key in ("ch_mult", "attn_resolutions"):
             if key in values:
                 values[key] = tuple(values[key])
         return NCSNppConfig(**values)
-    raise TypeError(f"NCSN++ config must be a preset name, a dict or an NCSNppConfig, got {type(config).__name__}")
+    raise TypeError(f"NCSN++ config must be a preset name, a config file, a dict or an NCSNppConfig, got {type(config).__name__}")
+
+
+def config_problem(config: Any, *, read_files: bool) -> str | None:
+    """Why ``config`` (a ``score-sde`` backbone's ``config`` parameter) is not usable, or None.
+
+    Checks presets, dicts and (with ``read_files``) config files without building the network.
+    """
+    is_file = isinstance(config, str) and config not in PRESETS and config.lower().endswith((".json", ".yaml", ".yml"))
+    if is_file and not read_files:
+        return None
+    try:
+        resolve_config(config)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        return str(exc)
+    return None
 
 
 # -- initialisation: DDPM's variance scaling (fan_avg, uniform); scale 0 means "almost zero" -----
@@ -297,8 +439,14 @@ def assign_ema(model: nn.Module, shadow_params: list[Tensor], source: str = "ema
             p.copy_(s)
 
 
+@param_rules(
+    Rule(("config",), lambda config: config_problem(config, read_files=False),
+         text="config: a preset (cifar10-deep, cifar10), an official score-SDE config (dict or .json/.yaml dump) "
+              "whose choices this network implements, or a dict of NCSNppConfig fields"),
+    Rule(("config",), lambda config: config_problem(config, read_files=True), needs_files=True),
+)
 def load_score_sde(
-    checkpoint: str | Path,
+    checkpoint: CheckpointFile | Path,
     use_ema: bool = True,
     weights_only: bool = True,
     config: str | dict[str, Any] = "cifar10-deep",
@@ -311,8 +459,12 @@ def load_score_sde(
             ``parameters()`` order), ``optimizer`` and ``step``.
         use_ema: Evaluate with the EMA weights (what DiffPure does). Default True.
         weights_only: Passed to ``torch.load``; set False only for a checkpoint you trust. Default True.
-        config: Architecture preset (``"cifar10-deep"``, ``"cifar10"``) or a dict of
-            :class:`NCSNppConfig` fields. Default ``"cifar10-deep"``.
+        config: Architecture preset (``"cifar10-deep"``, ``"cifar10"``); the official score-SDE
+            config the checkpoint was trained with, as a dict (``model`` / ``data`` / ``training``
+            sections) or a JSON / YAML dump of it (a ``.json`` / ``.yaml`` path), refused with the
+            field named when it asks for a choice this network does not implement
+            (:data:`IMPLEMENTED_CHOICES`); or a flat dict of :class:`NCSNppConfig` fields.
+            Default ``"cifar10-deep"``.
 
     Returns:
         The network in eval mode; ``model(x_t, 999 * t)`` is eps (score = -eps / std(t)).
@@ -320,7 +472,7 @@ def load_score_sde(
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"score-SDE checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=weights_only)
+    state = torch_load(path, weights_only=weights_only)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path}: expected a dict with keys 'model', 'ema', 'optimizer', 'step' (checkpoint_8.pth layout)")
     model = NCSNpp(config)

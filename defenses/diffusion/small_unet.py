@@ -29,8 +29,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from bench.checkpoint_files import torch_load
+from bench.params import CheckpointFile
 from defenses.diffusion.ncsnpp import NCSNpp, NCSNppConfig
 
 CHECKPOINT_FORMAT = "bench.small-unet/1"
@@ -116,7 +116,7 @@ def read_checkpoint(checkpoint: str | Path, weights_only: bool = True) -> dict[s
         raise FileNotFoundError(
             f"small-unet checkpoint not found: {path} (train one with `bench train denoiser --out {path}`)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=weights_only)
+    state = torch_load(path, weights_only=weights_only)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path}: not a small-unet checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
@@ -126,7 +126,7 @@ def read_checkpoint(checkpoint: str | Path, weights_only: bool = True) -> dict[s
     return state
 
 
-def load_small_unet(checkpoint: str | Path, weights_only: bool = True, use_ema: bool = True) -> SmallUNet:
+def load_small_unet(checkpoint: CheckpointFile | Path, weights_only: bool = True, use_ema: bool = True) -> SmallUNet:
     """Load a checkpoint written by ``bench train denoiser`` (registered backbone ``small-unet``).
 
     Args:
