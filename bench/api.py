@@ -1,11 +1,14 @@
-"""The Python API behind ``bench leaderboard`` and ``bench report``.
+"""The Python API behind ``bench submit``, ``bench leaderboard`` and ``bench report``.
 
     >>> from bench import api
+    >>> api.submit("jobs/demo.yaml", results="results")        # SubmitReport: tasks run now, failed, ...
     >>> rows = api.load("demo", results="results")             # pandas.DataFrame, one row per sample
     >>> table = api.leaderboard(["demo"], results="results")   # one row per defense x attack (+ worst case)
     >>> api.report(["demo"], "results/report", results="results")   # -> Path of report/index.html
 
-``load`` returns exactly the current rows of each run (the task files of the run's current spec, as
+``submit`` does what ``bench submit`` does (the CLI calls it): load and validate the job, get its
+data ready on this process (fetching what is missing unless offline), then run the tasks that are not
+done yet and store their rows. ``load`` returns exactly the current rows of each run (the task files of the run's current spec, as
 ``bench.store.ResultStore.read_run`` verifies them); the other two compute on them with
 :mod:`bench.leaderboard`. Errors a user can fix raise :class:`bench.store.StoreError` (unknown run,
 no results directory) or :class:`bench.leaderboard.LeaderboardError` (unknown reference, a run
@@ -14,12 +17,27 @@ without finished tasks); the CLI turns both into exit code 2.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
 from bench import leaderboard as _lb
+
+if TYPE_CHECKING:
+    from bench.artifacts import Catalogue
+    from bench.fetch_policy import FetchOptions
+    from bench.scheduler import SubmitReport
+    from bench.spec import JobSpec
+    from bench.tasks import Task
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class _Default:
@@ -36,6 +54,98 @@ def _runs(runs: str | Sequence[str]) -> list[str]:
     if not names:
         raise _lb.LeaderboardError("no run given")
     return list(dict.fromkeys(names))
+
+
+def submit(job: str | os.PathLike, *, results: str | Path = "results", address: str | None = None,
+           data_dir: str | os.PathLike | None = None, model_dir: str | os.PathLike | None = None,
+           num_cpus: int | None = None, progress: bool = True, dashboard: bool = True,
+           offline: bool = False, mirror: str | None = None, options: "FetchOptions | None" = None,
+           catalogue: "Catalogue | None" = None, log: Log = _stderr) -> "SubmitReport":
+    """Run the tasks of a job file that are not done yet and store their rows (``bench submit``).
+
+    Args:
+        job: The job file (YAML).
+        results: Results directory (created if missing). Default ``results``.
+        address: Where to run (``bench.scheduler.init_ray``): None (``$RAY_ADDRESS``, else a local
+            instance), ``auto``, ``local``, ``serial``, ``HOST:PORT`` or ``ray://HOST:PORT``.
+        data_dir: Data directory (default: ``$BENCH_DATA_DIR``, else ``~/.cache/bench/data``).
+        model_dir: Checkpoint directory (default: ``$BENCH_MODEL_DIR``, else each loader's own).
+        num_cpus: CPUs of a local Ray instance (default: all).
+        progress: Progress bars on stderr. Default True.
+        dashboard: Start the Ray dashboard of a local instance (127.0.0.1). Default True.
+        offline: Download nothing (also ``$BENCH_OFFLINE=1``). Default False.
+        mirror: Base URL replacing the upstream ones (also ``$BENCH_MIRROR``). Default None.
+        options: A ready fetch policy instead of ``offline``/``mirror`` (tests: retry policy).
+        catalogue: The artifact catalogue (default ``bench.artifacts.default_catalogue()``).
+        log: Where notes go. Default stderr.
+
+    Returns:
+        ``bench.scheduler.SubmitReport`` (tasks done before, run now, failed).
+
+    Raises:
+        bench.spec.JobSpecError, bench.store.StoreError, bench.scheduler.SchedulerError,
+        FileNotFoundError (missing data offline): bad input, exit code 2 in the CLI.
+    """
+    from bench.fetch_policy import FetchOptions
+    from bench.job_data import driver_sees_cluster_files
+    from bench.scheduler import job_metadata, make_backend
+    from bench.scheduler import submit as run_tasks
+    from bench.spec import load_job
+    from bench.store import ResultStore
+    from bench.tasks import expand_tasks
+
+    # checkpoints named by the job must exist here unless this is a ray:// client (not the cluster's files)
+    spec = load_job(job, check_files=driver_sees_cluster_files(address))
+    data_dir, model_dir = absolute_path(data_dir), absolute_path(model_dir)
+    tasks = expand_tasks(spec, data_dir=data_dir)
+    options = options or FetchOptions.resolve(offline, mirror, progress)
+    with options.environment():  # local workers inherit the download policy
+        _prepare_data(spec, tasks, data_dir, model_dir, address, options, catalogue, log)
+        store = ResultStore(results, readonly=False, data_dir=data_dir, log=log)
+        return run_tasks(
+            spec.name, spec, tasks, store,
+            lambda: make_backend(address, num_cpus=num_cpus, data_dir=data_dir, model_dir=model_dir,
+                                 dashboard=dashboard, job_metadata=job_metadata(spec.name, tasks, str(job))),
+            progress=progress, log=log)
+
+
+def absolute_path(path: str | os.PathLike | None) -> str | None:
+    """``path`` made absolute (``~`` expanded); None stays None."""
+    # Ray workers may run in another directory: hand them absolute paths.
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _prepare_data(spec: "JobSpec", tasks: "list[Task]", data_dir: str | None, model_dir: str | None,
+                  address: str | None, options: "FetchOptions", catalogue: "Catalogue | None", log: Log) -> None:
+    """Get the job's data ready before anything starts, or fail (exit code 2) naming what is missing.
+
+    On this process, never in a Ray worker (so many nodes do not download the same files): fetch the
+    catalogue files the job reads (offline: list the missing ones), read one image of each dataset
+    config and build the classifier once, so missing or corrupt files fail here rather than in every
+    task. Skipped for a ``ray://`` client, whose files are not the cluster's (``bench.job_data``).
+    """
+    from bench.job_data import driver_sees_cluster_files
+
+    if not tasks:
+        return
+    if not driver_sees_cluster_files(address):
+        log("ray:// client: the data on this machine is not what the cluster reads, so it is neither checked nor "
+            "fetched here; fetch it on the cluster first (`ray job submit -- bench data fetch --job JOB`)")
+        return
+    from bench.classifiers import load_classifier
+    from bench.data_layout import DataLayout
+    from bench.job_data import classifier_model_dir, job_needs, prepare
+    from bench.tasks import canonical_json
+    from bench.worker import build_dataset
+
+    prepare(job_needs(spec, DataLayout.resolve(data_dir, model_dir), catalogue), options, log=log)
+    first_of_each: dict[str, Any] = {}
+    for task in tasks:  # the dataset plugin loads lazily: read one image of each dataset config
+        first_of_each.setdefault(canonical_json(task.payload["dataset"]), task)
+    for task in first_of_each.values():
+        dataset = build_dataset(task.payload["dataset"], data_dir, task.payload.get("download", False))
+        dataset.images(list(task.image_ids[:1]))
+    load_classifier(spec.classifier.config(), model_dir=classifier_model_dir(data_dir, model_dir))
 
 
 def open_results(results: str | Path = "results", *, writable: bool = False,

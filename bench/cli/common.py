@@ -68,8 +68,9 @@ num_cpus_option = click.option(
 
 
 def absolute(path: str | None) -> str | None:
-    # Ray workers may run in another directory: hand them absolute paths.
-    return None if path is None else str(Path(path).expanduser().resolve())
+    from bench.api import absolute_path  # the API's rule; imported on use to keep `bench --help` light
+
+    return absolute_path(path)
 
 
 # -- the group ----------------------------------------------------------------------------------------

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from bench.cli.common import (absolute, address_option, data_dir_option, main, model_dir_option,
+from bench.cli.common import (address_option, data_dir_option, main, model_dir_option,
                               num_cpus_option, open_store, results_option, run_argument, translate_errors)
 from bench.cli.data import fetch_context, fetch_options, mirror_option, offline_option, translate_fetch_errors
 
@@ -36,26 +35,12 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
     runs nothing; an extended job runs only its new tasks; after an interruption (even SIGKILL) a
     re-submit finishes the run without lost or duplicated rows.
     """
-    from bench.scheduler import job_metadata, make_backend, submit
-    from bench.spec import load_job
-    from bench.store import ResultStore
-    from bench.tasks import expand_tasks
+    from bench import api
 
-    # checkpoints named by the job must exist here unless a remote cluster's workers read them
-    from bench.job_data import driver_sees_cluster_files
-
-    spec = load_job(job, check_files=driver_sees_cluster_files(address))  # a ray:// client cannot see the cluster's files
-    data_dir, model_dir = absolute(data_dir), absolute(model_dir)
-    tasks = expand_tasks(spec, data_dir=data_dir)
     options = fetch_options(offline, mirror, progress)
-    click.get_current_context().with_resource(options.environment())  # local workers inherit the policy
-    _check_data(spec, tasks, data_dir, model_dir, address, options)
-    store = ResultStore(results, readonly=False, data_dir=data_dir, log=lambda m: click.echo(m, err=True))
-    report = submit(
-        spec.name, spec, tasks, store,
-        lambda: make_backend(address, num_cpus=num_cpus, data_dir=data_dir, model_dir=model_dir, dashboard=dashboard,
-                             job_metadata=job_metadata(spec.name, tasks, job)),
-        progress=progress, log=lambda m: click.echo(m, err=True))
+    report = api.submit(job, results=results, address=address, data_dir=data_dir, model_dir=model_dir,
+                        num_cpus=num_cpus, progress=progress, dashboard=dashboard, options=options,
+                        catalogue=fetch_context().catalogue, log=lambda m: click.echo(m, err=True))
     click.echo(f"run {report.run}: {report.total} tasks, {report.skipped} already done, {report.done} ran now, "
                f"{len(report.failed)} failed; wall {report.wall_seconds:.1f} s, task compute "
                f"{report.compute_seconds:.1f} s; results in {results}")
@@ -65,37 +50,6 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
         raise click.ClickException(
             f"{len(report.failed)} task(s) failed; `bench status {report.run}` shows the errors, "
             "re-submitting retries them")
-
-
-def _check_data(spec: Any, tasks: list[Any], data_dir: str | None, model_dir: str | None, address: str | None,
-                options: Any) -> None:
-    """Get the job's data ready before anything starts, or fail with exit code 2 naming what is missing.
-
-    On this driver, never in a Ray worker: fetch the catalogue files the job reads (offline: list the
-    missing ones), read one image of each dataset config and build the classifier once, so missing or
-    corrupt files fail here rather than in every task. Skipped for a ``ray://`` client, whose files are
-    not the cluster's (``bench.job_data``).
-    """
-    if not tasks:
-        return
-    log = lambda message: click.echo(message, err=True)  # noqa: E731
-    from bench.job_data import driver_sees_cluster_files
-
-    if not driver_sees_cluster_files(address):
-        log("ray:// client: the data on this machine is not what the cluster reads, so it is neither checked nor "
-            "fetched here; fetch it on the cluster first (`ray job submit -- bench data fetch --job JOB`)")
-        return
-    from bench.classifiers import load_classifier
-    from bench.data_layout import DataLayout
-    from bench.job_data import classifier_model_dir, job_needs, prepare
-    from bench.worker import build_dataset
-
-    prepare(job_needs(spec, DataLayout.resolve(data_dir, model_dir), fetch_context().catalogue), options, log=log)
-    configs = {json.dumps(t.payload["dataset"], sort_keys=True): t for t in tasks}
-    for task in configs.values():  # the plugin loads lazily: read one image of the job
-        dataset = build_dataset(task.payload["dataset"], data_dir, task.payload.get("download", False))
-        dataset.images(list(task.image_ids[:1]))
-    load_classifier(spec.classifier.config(), model_dir=classifier_model_dir(data_dir, model_dir))
 
 
 @main.command("status")
