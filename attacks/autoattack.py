@@ -5,28 +5,42 @@ iterations, 20 EOT draws per gradient. ``version="standard"`` (APGD-CE, APGD-T, 
 the valid choice for deterministic defenses; ``custom`` runs the ``attacks`` list given. Reduced
 budgets (demo jobs) override ``n_iter`` / ``eot_iter`` / ``restarts`` / ``n_queries``.
 
+Decisions (``run``). On a deterministic model the library's own semantics are exact and kept: each
+component runs (the library's code, one call per component so the rows can name it) on the samples
+no earlier component broke, and a sample is broken where the component's point is misclassified.
+On a stochastic model the library would decide clean correctness, each component's success and the
+returned point with ONE noisy forward, returning the unchanged clean image for every sample it did
+not flag. There, every APGD component runs on every sample still standing (all clean-correct ones
+at first), its best-loss point (``APGDAttack.attack_single_run``) is judged by the K-vote judge of
+the real defense, and a sample is robust only if it survives every component (success rule
+``best-loss``). FAB and Square decide by single forwards inside their loops and are refused there.
+
 pyautoattack facts this wrapper relies on (pyautoattack 0.2.0): keyword-only constructor, the list
 is ``attacks=`` and the batch ``batch_size=``, ``run_standard_evaluation`` returns
 ``(x_adv, y_adv)``, the device defaults to CPU (we pass the inputs' device), eps defaults to 0.3 (we
 always pass ours), it logs at DEBUG on the ``auto-attack`` logger. APGD derives its checkpoint
 schedule from ``n_iter`` in its constructor, so a changed ``n_iter`` rebuilds the APGD objects rather
-than assigning the attribute. Its attacks call ``torch.manual_seed``; the run is wrapped in
+than assigning the attribute. Its attacks call ``torch.manual_seed``; runs are wrapped in
 ``torch.random.fork_rng`` so the global RNG is left as it was (defense noise never depends on it:
 it comes from the defended model's own ``RngStream``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackBudget, eval_mode
+from attacks.base import Attack, AttackBudget, AttackOutcome, Draws, Eps, Judge, Norm, Steps, eval_mode, is_stochastic, validated
+from attacks.decisions import Decisions
 from bench.registry import ATTACKS
 
 VERSIONS = ("rand", "standard", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+#: components that run under the K-vote judge on a stochastic defense
+APGD_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t")
 
 
 def seed_from(generator: torch.Generator) -> int:
@@ -47,6 +61,21 @@ def _rebuild_apgd(apgd: Any, n_iter: int) -> Any:
     return type(apgd)(apgd.model, loss=apgd.loss, **kwargs)
 
 
+def best_loss_point(apgd: Any, component: str, x: Tensor, y: Tensor, target_rank: int) -> Tensor:
+    """One APGD run of ``component`` from the library: its highest-loss iterate (all samples).
+
+    APGD-T aims at the class ranked ``target_rank`` (2 = runner-up) by one forward of the attacked
+    model, as the library chooses its targets.
+    """
+    apgd.init_hyperparam(x)
+    if component == "apgd-t":
+        with torch.no_grad():
+            apgd.y_target = apgd.model(x).sort(dim=1)[1][:, -target_rank]
+    else:
+        apgd.loss = "ce" if component == "apgd-ce" else "dlr"
+    return apgd.attack_single_run(x, y)[0].detach()
+
+
 @ATTACKS.register("autoattack")
 class AutoAttackRand(Attack):
     """pyautoattack's ``AutoAttack`` with the seed from our generator and the inputs' device.
@@ -56,43 +85,39 @@ class AutoAttackRand(Attack):
         eps: Ball radius. Default 8/255.
         version: ``"rand"`` (randomised defenses), ``"standard"`` (deterministic ones) or
             ``"custom"`` (runs ``attacks``). Default ``"rand"``.
-        attacks: For ``custom``: a list from apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t. Default None.
+        attacks: For ``custom``: a list from apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t (on a
+            stochastic defense: APGD components only). Default None.
         n_iter: Iterations of APGD / APGD-T / FAB instead of the version's 100. Default None.
         eot_iter: EOT draws per APGD gradient instead of the version's (20 for rand). Default None.
         restarts: APGD restarts instead of the version's. Default None.
         n_queries: Square attack queries instead of 5000. Default None.
         batch_size: Images per pyautoattack batch. Default 250 (pyautoattack's).
 
-    Usage: ``AutoAttackRand(version="rand").perturb(defended_model, x, y, generator)``.
+    Usage: ``AutoAttackRand(version="rand").run(defended_model, x, y, generator, judge)``.
     """
 
-    def __init__(self, *, norm: str = "Linf", eps: float = 8 / 255, version: str = "rand",
-                 attacks: list[str] | None = None, n_iter: int | None = None,
-                 eot_iter: int | None = None, restarts: int | None = None,
-                 n_queries: int | None = None, batch_size: int = 250) -> None:
+    @validated
+    def __init__(self, *, norm: Norm = "Linf", eps: Eps = 8 / 255, version: Literal["rand", "standard", "custom"] = "rand",
+                 attacks: list[Literal["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]] | None = None,
+                 n_iter: Steps | None = None, eot_iter: Draws | None = None, restarts: Draws | None = None,
+                 n_queries: Steps | None = None, batch_size: Draws = 250) -> None:
         super().__init__(norm=norm, eps=eps)
-        if version not in VERSIONS:
-            raise ValueError(f"autoattack version {version!r} is not one of {VERSIONS}")
         if (version == "custom") != (attacks is not None):
             raise ValueError("autoattack: give `attacks` exactly when version is 'custom'")
-        if attacks is not None:
-            unknown = [a for a in attacks if a not in AA_ATTACKS]
-            if unknown or not attacks:
-                raise ValueError(f"autoattack attacks {unknown or attacks!r}: allowed {AA_ATTACKS}")
-            attacks = list(attacks)
-        for name, value in (("n_iter", n_iter), ("eot_iter", eot_iter), ("restarts", restarts),
-                            ("n_queries", n_queries), ("batch_size", batch_size)):
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"autoattack {name} must be a positive integer, got {value!r}")
-        self.version, self.attacks = version, attacks
+        if attacks is not None and not attacks:
+            raise ValueError(f"autoattack attacks: give at least one of {AA_ATTACKS}")
+        self.version, self.attacks = version, (list(attacks) if attacks is not None else None)
         self.n_iter, self.eot_iter, self.restarts, self.n_queries = n_iter, eot_iter, restarts, n_queries
         self.batch_size = batch_size
 
-    def budget(self) -> AttackBudget:
-        """pyautoattack's defaults for the version unless overridden; success is the library's rule
-        (a component's success, judged by one forward of the attacked model, removes the sample)."""
+    def budget(self, model: nn.Module | None = None) -> AttackBudget:
+        """pyautoattack's defaults for the version unless overridden. Success: ``any`` (the library's
+        exact rule) on a deterministic model, ``best-loss`` on a stochastic one (module docstring);
+        without a model, the rule for the model the version is meant for."""
         eot = self.eot_iter if self.eot_iter is not None else (20 if self.version == "rand" else 1)
-        return AttackBudget(steps=self.n_iter or 100, eot=eot, restarts=self.restarts or 1, success="autoattack")
+        stochastic = is_stochastic(model) if model is not None else self.version == "rand"
+        return AttackBudget(steps=self.n_iter or 100, eot=eot, restarts=self.restarts or 1,
+                            success="best-loss" if stochastic else "any")
 
     def build(self, model: nn.Module, seed: int, device: torch.device) -> Any:
         """The configured pyautoattack ``AutoAttack`` object (exposed for tests and debugging)."""
@@ -106,6 +131,8 @@ class AutoAttackRand(Attack):
             aa.fab.n_iter = self.n_iter  # FAB reads n_iter at run time only
         if self.eot_iter is not None:
             aa.apgd.eot_iter = self.eot_iter
+        if not is_stochastic(model):
+            aa.apgd.eot_iter = 1  # identical draws: the other eot_iter - 1 would only cost time
         if self.restarts is not None:
             aa.apgd.n_restarts = self.restarts
         if self.n_queries is not None:
@@ -113,10 +140,51 @@ class AutoAttackRand(Attack):
         return aa
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        """Run AutoAttack; returns x_adv (N, C, H, W) in the eps-ball and [0, 1]."""
-        seed = seed_from(generator)
-        devices = [x.device] if x.device.type == "cuda" else []
-        with eval_mode(model), torch.random.fork_rng(devices=devices):
-            aa = self.build(model, seed, x.device)
+        """pyautoattack's own run (its decisions by one forward of ``model``: exact only for a
+        deterministic model); returns x_adv (N, C, H, W) in the eps-ball and [0, 1]."""
+        with self._session(model, x, generator) as (aa, _):
             x_adv, _ = aa.run_standard_evaluation(x.detach(), y, batch_size=self.batch_size)
         return x_adv.detach()
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, judge: Judge) -> AttackOutcome:
+        """The components in order; the judge decides (module docstring)."""
+        with self._session(model, x, generator) as (aa, seed):
+            if is_stochastic(model):
+                return self._judged_components(aa, seed, x.detach(), y, judge)
+            x_adv, by = x.detach().clone(), [None] * len(y)
+            left = torch.arange(len(y), device=y.device)
+            for component in list(aa.attacks_to_run):
+                aa.attacks_to_run = [component]  # the library's loop, one component per call
+                points, pred = aa.run_standard_evaluation(x[left].detach(), y[left], batch_size=self.batch_size)
+                fooled = pred != y[left]
+                x_adv[left[fooled]] = points[fooled].detach()
+                for p in left[fooled].tolist():
+                    by[p] = component
+                left = left[~fooled]
+        pred, votes = judge(x_adv)
+        return AttackOutcome(x_adv, pred, votes, [b if p != t else None for b, p, t in zip(by, pred.tolist(), y.tolist())],
+                             [None] * len(y))
+
+    def _judged_components(self, aa: Any, seed: int, x: Tensor, y: Tensor, judge: Judge) -> AttackOutcome:
+        book = Decisions(x, y, judge)
+        for component in aa.attacks_to_run:
+            if component not in APGD_COMPONENTS:
+                raise ValueError(f"autoattack component {component!r} decides success by single forwards; on a stochastic "
+                                 f"defense use version: rand or a custom list from {APGD_COMPONENTS}")
+            apgd = aa.apgd_targeted if component == "apgd-t" else aa.apgd
+            targets = range(2, apgd.n_target_classes + 2) if component == "apgd-t" else [0]
+            torch.manual_seed(seed)  # as the library seeds each component
+            for rank in targets:
+                for _ in range(apgd.n_restarts):
+                    if not book.done:
+                        chunks = book.live.split(self.batch_size)
+                        points = [best_loss_point(apgd, component, x[c], y[c], rank) for c in chunks]
+                        book.check(torch.cat(points), by=component)
+        return book.outcome()
+
+    @contextmanager
+    def _session(self, model: nn.Module, x: Tensor, generator: torch.Generator) -> Iterator[tuple[Any, int]]:
+        """Eval mode, a forked global RNG, and the configured library object with its seed."""
+        seed = seed_from(generator)
+        with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            yield self.build(model, seed, x.device), seed

@@ -65,7 +65,7 @@ def test_pgd_linf_on_resnet20_stays_in_ball_and_breaks_it(resnet20, images):
 
 def test_gradients_are_nonzero_for_every_image(resnet20, images):
     x, y = images
-    grad = eot_gradient(defended(resnet20), x, y, draws=1, chunk=1)
+    grad = eot_gradient(defended(resnet20), x, y, draws=1, chunk=1).grad
     assert torch.isfinite(grad).all() and (grad.flatten(1).abs().sum(1) > 0).all()
 
 
@@ -169,7 +169,7 @@ def test_eot_gradient_matches_the_analytic_average(average, chunk):
     offsets = torch.randn(draws, 5) * 3
     model = ScheduledNoise(offsets, n)
     x, y = torch.rand(n, 3, 2, 2), torch.tensor([0, 1, 4])
-    grad = eot_gradient(model, x, y, draws, chunk, average)
+    grad, logits = eot_gradient(model, x, y, draws, chunk, average)
     x_ref = x.clone().requires_grad_(True)
     z = model.lin(x_ref.flatten(1))
     if average == "loss":  # mean over draws of the per-draw cross-entropy
@@ -178,6 +178,8 @@ def test_eot_gradient_matches_the_analytic_average(average, chunk):
         loss = F.cross_entropy(z + offsets.mean(0), y, reduction="sum")
     (ref,) = torch.autograd.grad(loss, x_ref)
     assert torch.allclose(grad, ref, atol=1e-6)
+    # the logits returned are the average over the draws (what a deterministic model's decision reads)
+    assert torch.allclose(logits, z.detach() + offsets.mean(0), atol=1e-5)
 
 
 def test_bpda_eot_uses_the_identity_backward_and_refuses_other_modes(resnet20, images):

@@ -87,10 +87,11 @@ def test_seed_comes_from_the_generator():
 
 
 @pytest.mark.parametrize("params,match", [
-    ({"version": "plus"}, "not one of"),
+    ({"version": "plus"}, "version"),
     ({"version": "custom"}, "exactly when"),
     ({"version": "rand", "attacks": ["apgd-ce"]}, "exactly when"),
-    ({"version": "custom", "attacks": ["pgd"]}, "allowed"),
+    ({"version": "custom", "attacks": ["pgd"]}, "attacks"),
+    ({"version": "custom", "attacks": []}, "at least one"),
     ({"n_iter": 0}, "n_iter"),
     ({"norm": "L1"}, "norm"),
 ])
