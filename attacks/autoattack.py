@@ -143,19 +143,22 @@ class AutoAttackRand(Attack):
         """pyautoattack's own run (its decisions by one forward of ``model``: exact only for a
         deterministic model); returns x_adv (N, C, H, W) in the eps-ball and [0, 1]."""
         with self._session(model, x, generator) as (aa, _):
-            x_adv, _ = aa.run_standard_evaluation(x.detach(), y, batch_size=self.batch_size)
+            x_adv, _ = aa.run_standard_evaluation(x.detach().contiguous(), y, batch_size=self.batch_size)
         return x_adv.detach()
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, judge: Judge) -> AttackOutcome:
         """The components in order; the judge decides (module docstring)."""
+        x = x.detach().contiguous()  # the library's DLR check views gradients flat
         with self._session(model, x, generator) as (aa, seed):
             if is_stochastic(model):
-                return self._judged_components(aa, seed, x.detach(), y, judge)
-            x_adv, by = x.detach().clone(), [None] * len(y)
+                return self._judged_components(aa, seed, x, y, judge)
+            x_adv, by = x.clone(), [None] * len(y)
             left = torch.arange(len(y), device=y.device)
             for component in list(aa.attacks_to_run):
+                if not left.numel():
+                    break
                 aa.attacks_to_run = [component]  # the library's loop, one component per call
-                points, pred = aa.run_standard_evaluation(x[left].detach(), y[left], batch_size=self.batch_size)
+                points, pred = aa.run_standard_evaluation(x[left], y[left], batch_size=self.batch_size)
                 fooled = pred != y[left]
                 x_adv[left[fooled]] = points[fooled].detach()
                 for p in left[fooled].tolist():
