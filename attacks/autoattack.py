@@ -110,14 +110,17 @@ class AutoAttackRand(Attack):
         self.n_iter, self.eot_iter, self.restarts, self.n_queries = n_iter, eot_iter, restarts, n_queries
         self.batch_size = batch_size
 
-    def budget(self, model: nn.Module | None = None) -> AttackBudget:
-        """pyautoattack's defaults for the version unless overridden. Success: ``any`` (the library's
-        exact rule) on a deterministic model, ``best-loss`` on a stochastic one (module docstring);
-        without a model, the rule for the model the version is meant for."""
+    def budget(self) -> AttackBudget:
+        """pyautoattack's defaults for the version unless overridden; success: the rule on the models
+        the version is meant for (``best-loss`` for rand, ``any`` otherwise; see ``success_rule``)."""
         eot = self.eot_iter if self.eot_iter is not None else (20 if self.version == "rand" else 1)
-        stochastic = is_stochastic(model) if model is not None else self.version == "rand"
         return AttackBudget(steps=self.n_iter or 100, eot=eot, restarts=self.restarts or 1,
-                            success="best-loss" if stochastic else "any")
+                            success="best-loss" if self.version == "rand" else "any")
+
+    def success_rule(self, model: nn.Module) -> str:
+        """``best-loss`` on a stochastic model (module docstring), ``any`` (the library's exact rule)
+        on a deterministic one."""
+        return "best-loss" if is_stochastic(model) else "any"
 
     def build(self, model: nn.Module, seed: int, device: torch.device) -> Any:
         """The configured pyautoattack ``AutoAttack`` object (exposed for tests and debugging)."""

@@ -150,10 +150,14 @@ class Attack:
         pred, votes = judge(x_adv)
         return AttackOutcome(x_adv, pred, votes, [None] * len(y), [None] * len(y))
 
-    def budget(self, model: nn.Module | None = None) -> AttackBudget:
-        """Iterations, EOT draws, restarts and success rule of this configuration; given the model
-        the attack runs on, ``success`` is the rule ``run`` applies to it."""
+    def budget(self) -> AttackBudget:
+        """Iterations, EOT draws, restarts and success rule of this configuration."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its budget")
+
+    def success_rule(self, model: nn.Module) -> str:
+        """The success rule ``run`` applies on ``model`` (the rows' ``success``); by default the
+        configured one, ``budget().success``."""
+        return self.budget().success
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Project onto the eps-ball around ``x`` and onto the [0,1] box."""

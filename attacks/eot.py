@@ -130,14 +130,14 @@ class EOTGradientAttack(Attack):
         self.random_start, self.eot_chunk = bool(random_start), eot_chunk
         self.success, self.check_every, self.l2_step = success, check_every, l2_step
 
-    def budget(self, model: nn.Module | None = None) -> AttackBudget:
-        if model is not None and forward_decides(model):
-            rule = "any"  # every iterate is decided exactly by the step's own forward
-        elif self.success == "any" and self.check_every > 1:
-            rule = f"any:{self.check_every}"
-        else:
-            rule = self.success
+    def budget(self) -> AttackBudget:
+        rule = f"any:{self.check_every}" if self.success == "any" and self.check_every > 1 else self.success
         return AttackBudget(steps=self.steps, eot=self.eot, restarts=1, success=rule)
+
+    def success_rule(self, model: nn.Module) -> str:
+        """``any`` when the model's forward decides (every iterate is judged exactly), else the
+        configured rule."""
+        return "any" if forward_decides(model) else self.budget().success
 
     def start(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """The first iterate: ``x``, or a uniform draw from the ball when ``random_start``."""

@@ -29,7 +29,7 @@ class NoAttack(Attack):
 
     crafts: ClassVar[bool] = False
 
-    def budget(self, model: nn.Module | None = None) -> AttackBudget:
+    def budget(self) -> AttackBudget:
         return AttackBudget(steps=0, eot=0, restarts=0, success="none")
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:

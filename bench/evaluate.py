@@ -20,7 +20,7 @@ Protocol (SPEC §3, §4):
    final iterate, checked iterates, each AutoAttack component's point. The verdict that decided a
    sample is the row's ``adv_pred`` / ``adv_votes``; ``broken_by`` names the component that broke
    it (else the attack type) and ``broken_at`` the iterate (null when unknown); ``success`` is the
-   rule the attack applied to this model (``attack.budget(model).success``).
+   rule the attack applied to this model (``attack.success_rule(model)``).
 
 Randomness: four independent ``RngStream``s: ``clean-votes`` of (seed, clean_key) — the same for
 every attack cell of a defense, so its clean decision does not depend on the attack — and, of
@@ -207,13 +207,14 @@ def evaluate_shard(
     adv_pred_cpu = adv_pred.cpu()
     robust = clean_correct & (adv_pred_cpu == y.cpu())
     broken = attacked.cpu() & ~robust
-    budget = attack.budget(attack_model)
+    budget = attack.budget()
     constant = {
         "task_id": task_id, "run": cell.run, "dataset": cell.dataset, "split": cell.split,
         "classifier": cell.classifier, "norm": attack.norm, "eps": float(attack.eps),
         "defense": cell.defense, "defense_type": cell.defense_type, "defense_config": cell.defense_config,
         "attack": cell.attack, "attack_type": cell.attack_type, "attack_config": cell.attack_config,
-        "steps": budget.steps, "eot": budget.eot, "restarts": budget.restarts, "success": budget.success,
+        "steps": budget.steps, "eot": budget.eot, "restarts": budget.restarts,
+        "success": attack.success_rule(attack_model),
         "setting": setting, "gradient": recorded_gradient, "votes": int(votes), "seed": int(seed),
     }
     columns = {name: [value] * n for name, value in constant.items()}

@@ -252,7 +252,7 @@ def test_any_rule_judges_checked_iterates_and_stops_attacking_decided_samples(re
     judge = RecordingJudge(_judge_model(resnet20, sigma=0.04))
     attack = PGDEOT(eps=4 / 255, steps=7, step_size=1 / 255, eot=2, success="any", check_every=3)
     out = attack.run(model, x, y, gen(), judge)
-    assert attack.budget(model).success == "any:3"
+    assert attack.success_rule(model) == "any:3"
     assert len(judge.sizes) == 3 and judge.sizes[0] == 12 and judge.sizes[0] >= judge.sizes[1] >= judge.sizes[2]
     broken = out.pred != y
     assert broken.any() and not broken.all()
@@ -272,7 +272,7 @@ def test_final_rule_judges_once_and_perturb_never_judges(resnet20, images):
     model = defended(resnet20, "noisy", sigma=0.04)
     attack = PGDEOT(eps=4 / 255, steps=3, step_size=1 / 255, eot=2)
     out = attack.run(model, x, y, gen(), judge)
-    assert judge.sizes == [6] and attack.budget(model).success == "final"
+    assert judge.sizes == [6] and attack.success_rule(model) == "final"
     assert all(out.broken_at[i] == 3 for i in (out.pred != y).nonzero().flatten().tolist())
     assert torch.equal(attack.perturb(defended(resnet20, "noisy", sigma=0.04), x, y, gen()), out.x_adv)
     assert BPDAEOT().success == "any" and BPDAEOT(check_every=5).budget().success == "any:5"

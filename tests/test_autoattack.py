@@ -134,7 +134,7 @@ def test_run_on_a_deterministic_defense_is_one_library_call(setup, data_dir):
     x_direct, y_direct = direct.run_standard_evaluation(x.contiguous(), y, batch_size=32)
 
     assert torch.equal(out.x_adv, x_direct) and torch.equal(out.pred, y_direct)
-    assert judge.sizes == [32] and ours.budget(model).success == "any"
+    assert judge.sizes == [32] and ours.success_rule(model) == "any"
     broken = (out.pred != y).tolist()
     assert all((b is not None) == k for b, k in zip(out.broken_by, broken))
     assert {b for b in out.broken_by} == {None, *components}  # both components broke samples
@@ -153,7 +153,7 @@ def test_run_on_a_stochastic_defense_judges_every_component_on_every_survivor(se
     assert (out.x_adv != x).flatten(1).any(1).all()  # every sample holds a point the attack reached
     assert (out.x_adv - x).abs().max() <= 2 / 255 + 1e-6 and out.x_adv.min() >= 0 and out.x_adv.max() <= 1
     assert all((b is None) == (p == t) for b, p, t in zip(out.broken_by, out.pred.tolist(), y.tolist()))
-    assert attack.budget(model).success == "best-loss" and (out.votes.sum(1) == 3).all()
+    assert attack.success_rule(model) == "best-loss" and (out.votes.sum(1) == 3).all()
 
 
 def test_single_forward_components_are_refused_on_a_stochastic_defense(setup):
