@@ -15,14 +15,12 @@ at first), its best-loss point (``APGDAttack.attack_single_run``) is judged by t
 the real defense, and a sample is robust only if it survives every component (success rule
 ``best-loss``). FAB and Square decide by single forwards inside their loops and are refused there.
 
-pyautoattack facts this wrapper relies on (pyautoattack 0.2.0): keyword-only constructor, the list
-is ``attacks=`` and the batch ``batch_size=``, ``run_standard_evaluation`` returns
-``(x_adv, y_adv)``, the device defaults to CPU (we pass the inputs' device), eps defaults to 0.3 (we
-always pass ours), it logs at DEBUG on the ``auto-attack`` logger. APGD derives its checkpoint
-schedule from ``n_iter`` in its constructor, so a changed ``n_iter`` rebuilds the APGD objects rather
-than assigning the attribute. Its attacks call ``torch.manual_seed``; runs are wrapped in
-``torch.random.fork_rng`` so the global RNG is left as it was (defense noise never depends on it:
-it comes from the defended model's own ``RngStream``).
+pyautoattack 0.2.0 facts relied on: keyword-only constructor (``attacks=``, ``batch_size=``),
+``run_standard_evaluation`` returns ``(x_adv, y_adv)``, device defaults to CPU and eps to 0.3 (we
+pass both), DEBUG logs on ``auto-attack``. APGD derives its checkpoint schedule from ``n_iter`` in its
+constructor, so a changed ``n_iter`` rebuilds the APGD objects. Its attacks call
+``torch.manual_seed``; runs are wrapped in ``torch.random.fork_rng`` (defense noise never depends
+on the global RNG: it comes from the defended model's ``RngStream``).
 """
 
 from __future__ import annotations
@@ -35,45 +33,15 @@ from torch import Tensor, nn
 
 from attacks.base import Attack, AttackBudget, AttackOutcome, Draws, Eps, Judge, Norm, Steps, eval_mode, is_stochastic, validated
 from attacks.decisions import Decisions
+from attacks.pyautoattack_calls import best_loss_point, rebuild_apgd, seed_from
 from bench.registry import ATTACKS
+
+__all__ = ["AutoAttackRand", "seed_from"]
 
 VERSIONS = ("rand", "standard", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 #: components that run under the K-vote judge on a stochastic defense
 APGD_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t")
-
-
-def seed_from(generator: torch.Generator) -> int:
-    """The pyautoattack seed for one run: one draw from the attack's generator (31 bits)."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
-
-
-def _rebuild_apgd(apgd: Any, n_iter: int) -> Any:
-    """A copy of a pyautoattack APGD object with ``n_iter`` iterations, built by its constructor."""
-    from pyautoattack.autopgd_base import APGDAttack_targeted
-
-    kwargs = dict(n_iter=n_iter, norm=apgd.norm, n_restarts=apgd.n_restarts, eps=apgd.eps_orig,
-                  seed=apgd.seed, eot_iter=apgd.eot_iter, rho=apgd.thr_decr, topk=apgd.topk,
-                  verbose=False, device=apgd.device, use_largereps=apgd.use_largereps,
-                  logger=apgd.logger)
-    if isinstance(apgd, APGDAttack_targeted):
-        return APGDAttack_targeted(apgd.model, n_target_classes=apgd.n_target_classes, **kwargs)
-    return type(apgd)(apgd.model, loss=apgd.loss, **kwargs)
-
-
-def best_loss_point(apgd: Any, component: str, x: Tensor, y: Tensor, target_rank: int) -> Tensor:
-    """One APGD run of ``component`` from the library: its highest-loss iterate (all samples).
-
-    APGD-T aims at the class ranked ``target_rank`` (2 = runner-up) by one forward of the attacked
-    model, as the library chooses its targets.
-    """
-    apgd.init_hyperparam(x)
-    if component == "apgd-t":
-        with torch.no_grad():
-            apgd.y_target = apgd.model(x).sort(dim=1)[1][:, -target_rank]
-    else:
-        apgd.loss = "ce" if component == "apgd-ce" else "dlr"
-    return apgd.attack_single_run(x, y)[0].detach()
 
 
 @ATTACKS.register("autoattack")
@@ -129,8 +97,8 @@ class AutoAttackRand(Attack):
         aa = AutoAttack(model, norm=self.norm, eps=self.eps, seed=seed, version=self.version,
                         attacks=self.attacks, device=device)
         if self.n_iter is not None:
-            aa.apgd = _rebuild_apgd(aa.apgd, self.n_iter)
-            aa.apgd_targeted = _rebuild_apgd(aa.apgd_targeted, self.n_iter)
+            aa.apgd = rebuild_apgd(aa.apgd, self.n_iter)
+            aa.apgd_targeted = rebuild_apgd(aa.apgd_targeted, self.n_iter)
             aa.fab.n_iter = self.n_iter  # FAB reads n_iter at run time only
         if self.eot_iter is not None:
             aa.apgd.eot_iter = self.eot_iter
@@ -155,21 +123,26 @@ class AutoAttackRand(Attack):
         with self._session(model, x, generator) as (aa, seed):
             if is_stochastic(model):
                 return self._judged_components(aa, seed, x, y, judge)
-            x_adv, by = x.clone(), [None] * len(y)
-            left = torch.arange(len(y), device=y.device)
-            for component in list(aa.attacks_to_run):
-                if not left.numel():
-                    break
-                aa.attacks_to_run = [component]  # the library's loop, one component per call
-                points, pred = aa.run_standard_evaluation(x[left], y[left], batch_size=self.batch_size)
-                fooled = pred != y[left]
-                x_adv[left[fooled]] = points[fooled].detach()
-                for p in left[fooled].tolist():
-                    by[p] = component
-                left = left[~fooled]
+            x_adv, by = self._library_components(aa, x, y)
         pred, votes = judge(x_adv)
-        return AttackOutcome(x_adv, pred, votes, [b if p != t else None for b, p, t in zip(by, pred.tolist(), y.tolist())],
-                             [None] * len(y))
+        broken_by = [b if p != t else None for b, p, t in zip(by, pred.tolist(), y.tolist())]
+        return AttackOutcome(x_adv, pred, votes, broken_by, [None] * len(y))
+
+    def _library_components(self, aa: Any, x: Tensor, y: Tensor) -> tuple[Tensor, list[str | None]]:
+        """The library's loop, one call per component on the samples no earlier component broke."""
+        x_adv, by = x.clone(), [None] * len(y)
+        left = torch.arange(len(y), device=y.device)
+        for component in list(aa.attacks_to_run):
+            if not left.numel():
+                break
+            aa.attacks_to_run = [component]
+            points, pred = aa.run_standard_evaluation(x[left], y[left], batch_size=self.batch_size)
+            fooled = pred != y[left]
+            x_adv[left[fooled]] = points[fooled].detach()
+            for p in left[fooled].tolist():
+                by[p] = component
+            left = left[~fooled]
+        return x_adv, by
 
     def _judged_components(self, aa: Any, seed: int, x: Tensor, y: Tensor, judge: Judge) -> AttackOutcome:
         book = Decisions(x, y, judge)
