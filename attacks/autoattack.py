@@ -31,7 +31,7 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackBudget, AttackOutcome, Draws, Eps, Judge, Norm, Steps, eval_mode, is_stochastic, validated
+from attacks.base import Attack, AttackBudget, AttackOutcome, Draws, Eps, Judge, Norm, Steps, eval_mode, is_oblivious, is_stochastic, validated
 from attacks.decisions import Decisions
 from attacks.pyautoattack_calls import best_loss_point, rebuild_apgd, seed_from
 from bench.registry import ATTACKS
@@ -87,8 +87,11 @@ class AutoAttackRand(Attack):
 
     def success_rule(self, model: nn.Module) -> str:
         """``best-loss`` on a stochastic model (module docstring), ``any`` (the library's exact rule)
-        on a deterministic one."""
-        return "best-loss" if is_stochastic(model) else "any"
+        on a deterministic one, ``final`` in the oblivious setting (the library decides on the bare
+        classifier; the judge scores the one point it returns)."""
+        if is_stochastic(model):
+            return "best-loss"
+        return "final" if is_oblivious(model) else "any"
 
     def build(self, model: nn.Module, seed: int, device: torch.device) -> Any:
         """The configured pyautoattack ``AutoAttack`` object (exposed for tests and debugging)."""

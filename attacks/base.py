@@ -114,6 +114,12 @@ def is_stochastic(model: nn.Module) -> bool:
     return bool(getattr(model, "stochastic", True))
 
 
+def is_oblivious(model: nn.Module) -> bool:
+    """Whether ``model`` is the bare classifier of the oblivious setting (``DefendedModel.mode``):
+    an attack must not pick its output by the defense's verdicts there (it would use the defense)."""
+    return getattr(model, "mode", None) == "oblivious"
+
+
 def forward_decides(model: nn.Module) -> bool:
     """Whether one forward of ``model`` is the real defense's decision (``DefendedModel.forward_decides``:
     a deterministic defense in mode full or bpda); unknown modules: False."""

@@ -23,6 +23,7 @@ Success rules (README "Success rules"), applied by :meth:`EOTGradientAttack.run`
 keeps the first breaking iterate and stops attacking that sample. On a deterministic defense whose
 forward is the real defense (``forward_decides``) the logits each step computes anyway decide every
 iterate exactly, so the rule there is ``any`` at no extra cost (the judge confirms each break once).
+In the oblivious setting the rule is ``final`` whatever ``success`` says.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackBudget, AttackOutcome, Judge, eval_mode, forward_decides, is_stochastic
+from attacks.base import Attack, AttackBudget, AttackOutcome, Judge, eval_mode, forward_decides, is_oblivious, is_stochastic
 from attacks.decisions import Decisions
 
 #: images per forward pass to aim at: the measured minimum of the flat 16-256 range, well below the
@@ -135,9 +136,12 @@ class EOTGradientAttack(Attack):
         return AttackBudget(steps=self.steps, eot=self.eot, restarts=1, success=rule)
 
     def success_rule(self, model: nn.Module) -> str:
-        """``any`` when the model's forward decides (every iterate is judged exactly), else the
-        configured rule."""
-        return "any" if forward_decides(model) else self.budget().success
+        """``any`` when the model's forward decides (every iterate is judged exactly); ``final`` in
+        the oblivious setting (choosing the iterate by the defense's verdicts would use the
+        defense); else the configured rule."""
+        if forward_decides(model):
+            return "any"
+        return "final" if is_oblivious(model) else self.budget().success
 
     def start(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """The first iterate: ``x``, or a uniform draw from the ball when ``random_start``."""
@@ -177,7 +181,7 @@ class EOTGradientAttack(Attack):
 
     def _iterate(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, book: Decisions) -> Decisions:
         exact = book.judge is not None and forward_decides(model)
-        checks_on_the_way = book.judge is not None and self.success == "any" and not exact
+        checks_on_the_way = book.judge is not None and not exact and self.success_rule(model).startswith("any")
         with eval_mode(model):
             x, draws = x.detach(), self.draws_for(model)
             x_adv = self.start(x, generator)

@@ -120,6 +120,9 @@ def test_oblivious_setting_is_recorded_and_skips_the_defense(shard, resnet20):
     # stops at the first breaking iterate (its forward is the defense's decision), the oblivious one
     # cannot (its forward is not the defense's) and scores the final iterate
     assert {row["success"] for row in adaptive} == {"any"} and {row["success"] for row in oblivious} == {"final"}
+    # choosing the iterate by the defense's verdicts would use the defense: oblivious is always final
+    any_rule = PGDEOT(eps=EPS, steps=2, step_size=2 / 255, eot=1, success="any")
+    assert {row["success"] for row in rows(run(shard, resnet20, none, any_rule, setting="oblivious"))} == {"final"}
     for a, o in zip(adaptive, oblivious):
         assert not a["robust"] or o["robust"]  # never more robust with early exit
         if a["robust"]:  # never broken: the same trajectory to the end
