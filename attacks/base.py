@@ -19,7 +19,7 @@ Two entry points:
 
 Parameter ranges are declared in the constructor signatures with pydantic (:data:`Steps`,
 :data:`Eps`, ...): ``bench.spec`` validates job files against them before anything is built, and
-:data:`validated` checks the same annotations when the constructor is called from Python.
+``bench.validated.validated`` checks the same annotations when the constructor is called from Python.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ from dataclasses import dataclass
 from typing import Annotated, Callable, ClassVar, Iterator, Literal
 
 import torch
-from pydantic import ConfigDict, Field, validate_call
+from pydantic import Field
 from torch import Tensor, nn
 
 from bench.registry import ATTACKS
+from bench.validated import validated
+
+__all__ = ["Attack", "AttackBudget", "AttackOutcome", "Judge", "validated"]
 
 NORMS = ("Linf", "L2")
 
@@ -42,9 +45,6 @@ Eps = Annotated[float, Field(gt=0, le=64, allow_inf_nan=False)]  # L2 radii exce
 StepSize = Annotated[float, Field(gt=0, le=64, allow_inf_nan=False)]
 Steps = Annotated[int, Field(ge=1, le=100_000)]
 Draws = Annotated[int, Field(ge=1, le=10_000)]
-
-#: the constructor decorator: strict pydantic validation of the annotated parameters
-validated = validate_call(config=ConfigDict(strict=True, arbitrary_types_allowed=True))
 
 #: K-vote decision of the real defense: images (n, C, H, W) -> (pred (n,) int64, votes (n, classes)
 #: int32, each row summing to K); ``bench.voting.VoteJudge`` is the implementation evaluate_shard passes

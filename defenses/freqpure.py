@@ -19,11 +19,12 @@ import math
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import ConfigDict, Field, validate_call
+from pydantic import Field
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from bench.registry import DEFENSES
+from bench.validated import validated
 from defenses.base import Defense
 from defenses.diffusion.backbone import NoisePredictor, load_backbone
 from defenses.diffusion.sampling import (
@@ -161,7 +162,7 @@ class FreqPure(Defense):
     stochastic = True
     gradient_modes = ("full", "surrogate", "bpda")
 
-    @validate_call(config=ConfigDict(strict=True, arbitrary_types_allowed=True))
+    @validated
     def __init__(
         self,
         *,
