@@ -180,6 +180,7 @@ class EOTGradientAttack(Attack):
         return self._iterate(model, x, y, generator, Decisions(x, y, judge)).outcome()
 
     def _iterate(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, book: Decisions) -> Decisions:
+        """Projected gradient ascent from ``start``; the working tensors hold the live samples only."""
         exact = book.judge is not None and forward_decides(model)
         checks_on_the_way = book.judge is not None and not exact and self.success_rule(model).startswith("any")
         with eval_mode(model):

@@ -316,12 +316,20 @@ def test_l2_pgd_with_the_default_budget_breaks_the_undefended_resnet20(resnet20,
     ({"success": "best"}, "success"), ({"l2_step": "unit"}, "l2_step"), ({"check_every": 0}, "check_every"),
     ({"eps": float("inf")}, "eps"), ({"steps": True}, "steps"),
 ])
-def test_parameter_ranges_are_declared_and_enforced(params, match):
-    from bench.spec import _check_param_types  # the job validator reads the same annotations
-    from bench.spec import JobSpecError
+def test_parameter_ranges_are_declared_and_enforced(params, match, tmp_path):
+    """The constructor refuses the value, and so does the job validator, before anything runs (it
+    reads the same annotations): the error names the field."""
+    import yaml
+
+    from bench.spec import JobSpecError, load_job
 
     for cls, name in ((PGDEOT, "pgd-eot"), (BPDAEOT, "bpda-eot")):
         with pytest.raises(ValueError, match=match):
             cls(**params)
-        with pytest.raises(JobSpecError, match=match):
-            _check_param_types(ATTACKS, name, params, "job.yaml", "attacks[0]")
+        job = {"name": "ranges", "dataset": {"name": "cifar10", "split": "test", "subset": {"size": 512, "seed": 0, "take": 4}},
+               "classifier": "resnet20", "threat": {"norm": "Linf", "eps": 8 / 255}, "defenses": ["none"],
+               "attacks": [{"type": name, **params}]}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(job))
+        with pytest.raises(JobSpecError, match=rf"attacks\[0\]\.{match}"):
+            load_job(path)
