@@ -5,46 +5,43 @@ iterations, 20 EOT draws per gradient. ``version="standard"`` (APGD-CE, APGD-T, 
 the valid choice for deterministic defenses; ``custom`` runs the ``attacks`` list given. Reduced
 budgets (demo jobs) override ``n_iter`` / ``eot_iter`` / ``restarts`` / ``n_queries``.
 
-pyautoattack facts this wrapper relies on (pyautoattack 0.2.0): keyword-only constructor, the list
-is ``attacks=`` and the batch ``batch_size=``, ``run_standard_evaluation`` returns
-``(x_adv, y_adv)``, the device defaults to CPU (we pass the inputs' device), eps defaults to 0.3 (we
-always pass ours), it logs at DEBUG on the ``auto-attack`` logger. APGD derives its checkpoint
-schedule from ``n_iter`` in its constructor, so a changed ``n_iter`` rebuilds the APGD objects rather
-than assigning the attribute. Its attacks call ``torch.manual_seed``; the run is wrapped in
-``torch.random.fork_rng`` so the global RNG is left as it was (defense noise never depends on it:
-it comes from the defended model's own ``RngStream``).
+Decisions (``run``). On a deterministic model the library's own semantics are exact and kept: each
+component runs (the library's code, one call per component so the rows can name it) on the samples
+no earlier component broke, and a sample is broken where the component's point is misclassified.
+On a stochastic model the library would decide clean correctness, each component's success and the
+returned point with ONE noisy forward, returning the unchanged clean image for every sample it did
+not flag. There, every APGD component runs on every sample still standing (all clean-correct ones
+at first), its best-loss point (``APGDAttack.attack_single_run``) is judged by the K-vote judge of
+the real defense, and a sample is robust only if it survives every component (success rule
+``best-loss``). FAB and Square decide by single forwards inside their loops and are refused there.
+
+pyautoattack 0.2.0 facts relied on: keyword-only constructor (``attacks=``, ``batch_size=``),
+``run_standard_evaluation`` returns ``(x_adv, y_adv)``, device defaults to CPU and eps to 0.3 (we
+pass both), DEBUG logs on ``auto-attack``. APGD derives its checkpoint schedule from ``n_iter`` in its
+constructor, so a changed ``n_iter`` rebuilds the APGD objects. Its attacks call
+``torch.manual_seed``; runs are wrapped in ``torch.random.fork_rng`` (defense noise never depends
+on the global RNG: it comes from the defended model's ``RngStream``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackBudget, eval_mode
+from attacks.base import Attack, AttackBudget, AttackOutcome, Draws, Eps, Judge, Norm, Steps, eval_mode, is_oblivious, is_stochastic, validated
+from attacks.decisions import Decisions
+from attacks.pyautoattack_calls import best_loss_point, rebuild_apgd, seed_from
 from bench.registry import ATTACKS
+
+__all__ = ["AutoAttackRand", "seed_from"]
 
 VERSIONS = ("rand", "standard", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
-
-
-def seed_from(generator: torch.Generator) -> int:
-    """The pyautoattack seed for one run: one draw from the attack's generator (31 bits)."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
-
-
-def _rebuild_apgd(apgd: Any, n_iter: int) -> Any:
-    """A copy of a pyautoattack APGD object with ``n_iter`` iterations, built by its constructor."""
-    from pyautoattack.autopgd_base import APGDAttack_targeted
-
-    kwargs = dict(n_iter=n_iter, norm=apgd.norm, n_restarts=apgd.n_restarts, eps=apgd.eps_orig,
-                  seed=apgd.seed, eot_iter=apgd.eot_iter, rho=apgd.thr_decr, topk=apgd.topk,
-                  verbose=False, device=apgd.device, use_largereps=apgd.use_largereps,
-                  logger=apgd.logger)
-    if isinstance(apgd, APGDAttack_targeted):
-        return APGDAttack_targeted(apgd.model, n_target_classes=apgd.n_target_classes, **kwargs)
-    return type(apgd)(apgd.model, loss=apgd.loss, **kwargs)
+#: components that run under the K-vote judge on a stochastic defense
+APGD_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t")
 
 
 @ATTACKS.register("autoattack")
@@ -56,43 +53,45 @@ class AutoAttackRand(Attack):
         eps: Ball radius. Default 8/255.
         version: ``"rand"`` (randomised defenses), ``"standard"`` (deterministic ones) or
             ``"custom"`` (runs ``attacks``). Default ``"rand"``.
-        attacks: For ``custom``: a list from apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t. Default None.
+        attacks: For ``custom``: a list from apgd-ce, apgd-dlr, fab, square, apgd-t, fab-t (on a
+            stochastic defense: APGD components only). Default None.
         n_iter: Iterations of APGD / APGD-T / FAB instead of the version's 100. Default None.
         eot_iter: EOT draws per APGD gradient instead of the version's (20 for rand). Default None.
         restarts: APGD restarts instead of the version's. Default None.
         n_queries: Square attack queries instead of 5000. Default None.
         batch_size: Images per pyautoattack batch. Default 250 (pyautoattack's).
 
-    Usage: ``AutoAttackRand(version="rand").perturb(defended_model, x, y, generator)``.
+    Usage: ``AutoAttackRand(version="rand").run(defended_model, x, y, generator, judge)``.
     """
 
-    def __init__(self, *, norm: str = "Linf", eps: float = 8 / 255, version: str = "rand",
-                 attacks: list[str] | None = None, n_iter: int | None = None,
-                 eot_iter: int | None = None, restarts: int | None = None,
-                 n_queries: int | None = None, batch_size: int = 250) -> None:
+    @validated
+    def __init__(self, *, norm: Norm = "Linf", eps: Eps = 8 / 255, version: Literal["rand", "standard", "custom"] = "rand",
+                 attacks: list[Literal["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]] | None = None,
+                 n_iter: Steps | None = None, eot_iter: Draws | None = None, restarts: Draws | None = None,
+                 n_queries: Steps | None = None, batch_size: Draws = 250) -> None:
         super().__init__(norm=norm, eps=eps)
-        if version not in VERSIONS:
-            raise ValueError(f"autoattack version {version!r} is not one of {VERSIONS}")
         if (version == "custom") != (attacks is not None):
             raise ValueError("autoattack: give `attacks` exactly when version is 'custom'")
-        if attacks is not None:
-            unknown = [a for a in attacks if a not in AA_ATTACKS]
-            if unknown or not attacks:
-                raise ValueError(f"autoattack attacks {unknown or attacks!r}: allowed {AA_ATTACKS}")
-            attacks = list(attacks)
-        for name, value in (("n_iter", n_iter), ("eot_iter", eot_iter), ("restarts", restarts),
-                            ("n_queries", n_queries), ("batch_size", batch_size)):
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"autoattack {name} must be a positive integer, got {value!r}")
-        self.version, self.attacks = version, attacks
+        if attacks is not None and not attacks:
+            raise ValueError(f"autoattack attacks: give at least one of {AA_ATTACKS}")
+        self.version, self.attacks = version, (list(attacks) if attacks is not None else None)
         self.n_iter, self.eot_iter, self.restarts, self.n_queries = n_iter, eot_iter, restarts, n_queries
         self.batch_size = batch_size
 
     def budget(self) -> AttackBudget:
-        """pyautoattack's defaults for the version unless overridden; success is the library's rule
-        (a component's success, judged by one forward of the attacked model, removes the sample)."""
+        """pyautoattack's defaults for the version unless overridden; success: the rule on the models
+        the version is meant for (``best-loss`` for rand, ``any`` otherwise; see ``success_rule``)."""
         eot = self.eot_iter if self.eot_iter is not None else (20 if self.version == "rand" else 1)
-        return AttackBudget(steps=self.n_iter or 100, eot=eot, restarts=self.restarts or 1, success="autoattack")
+        return AttackBudget(steps=self.n_iter or 100, eot=eot, restarts=self.restarts or 1,
+                            success="best-loss" if self.version == "rand" else "any")
+
+    def success_rule(self, model: nn.Module) -> str:
+        """``best-loss`` on a stochastic model (module docstring), ``any`` (the library's exact rule)
+        on a deterministic one, ``final`` in the oblivious setting (the library decides on the bare
+        classifier; the judge scores the one point it returns)."""
+        if is_stochastic(model):
+            return "best-loss"
+        return "final" if is_oblivious(model) else "any"
 
     def build(self, model: nn.Module, seed: int, device: torch.device) -> Any:
         """The configured pyautoattack ``AutoAttack`` object (exposed for tests and debugging)."""
@@ -101,11 +100,13 @@ class AutoAttackRand(Attack):
         aa = AutoAttack(model, norm=self.norm, eps=self.eps, seed=seed, version=self.version,
                         attacks=self.attacks, device=device)
         if self.n_iter is not None:
-            aa.apgd = _rebuild_apgd(aa.apgd, self.n_iter)
-            aa.apgd_targeted = _rebuild_apgd(aa.apgd_targeted, self.n_iter)
+            aa.apgd = rebuild_apgd(aa.apgd, self.n_iter)
+            aa.apgd_targeted = rebuild_apgd(aa.apgd_targeted, self.n_iter)
             aa.fab.n_iter = self.n_iter  # FAB reads n_iter at run time only
         if self.eot_iter is not None:
             aa.apgd.eot_iter = self.eot_iter
+        if not is_stochastic(model):
+            aa.apgd.eot_iter = 1  # identical draws: the other eot_iter - 1 would only cost time
         if self.restarts is not None:
             aa.apgd.n_restarts = self.restarts
         if self.n_queries is not None:
@@ -113,10 +114,59 @@ class AutoAttackRand(Attack):
         return aa
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        """Run AutoAttack; returns x_adv (N, C, H, W) in the eps-ball and [0, 1]."""
-        seed = seed_from(generator)
-        devices = [x.device] if x.device.type == "cuda" else []
-        with eval_mode(model), torch.random.fork_rng(devices=devices):
-            aa = self.build(model, seed, x.device)
-            x_adv, _ = aa.run_standard_evaluation(x.detach(), y, batch_size=self.batch_size)
+        """pyautoattack's own run (its decisions by one forward of ``model``: exact only for a
+        deterministic model); returns x_adv (N, C, H, W) in the eps-ball and [0, 1]."""
+        with self._session(model, x, generator) as (aa, _):
+            x_adv, _ = aa.run_standard_evaluation(x.detach().contiguous(), y, batch_size=self.batch_size)
         return x_adv.detach()
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, judge: Judge) -> AttackOutcome:
+        """The components in order; the judge decides (module docstring)."""
+        x = x.detach().contiguous()  # the library's DLR check views gradients flat
+        with self._session(model, x, generator) as (aa, seed):
+            if is_stochastic(model):
+                return self._judged_components(aa, seed, x, y, judge)
+            x_adv, by = self._library_components(aa, x, y)
+        pred, votes = judge(x_adv)
+        broken_by = [b if p != t else None for b, p, t in zip(by, pred.tolist(), y.tolist())]
+        return AttackOutcome(x_adv, pred, votes, broken_by, [None] * len(y))
+
+    def _library_components(self, aa: Any, x: Tensor, y: Tensor) -> tuple[Tensor, list[str | None]]:
+        """The library's loop, one call per component on the samples no earlier component broke."""
+        x_adv, by = x.clone(), [None] * len(y)
+        left = torch.arange(len(y), device=y.device)
+        for component in list(aa.attacks_to_run):
+            if not left.numel():
+                break
+            aa.attacks_to_run = [component]
+            points, pred = aa.run_standard_evaluation(x[left], y[left], batch_size=self.batch_size)
+            fooled = pred != y[left]
+            x_adv[left[fooled]] = points[fooled].detach()
+            for p in left[fooled].tolist():
+                by[p] = component
+            left = left[~fooled]
+        return x_adv, by
+
+    def _judged_components(self, aa: Any, seed: int, x: Tensor, y: Tensor, judge: Judge) -> AttackOutcome:
+        book = Decisions(x, y, judge)
+        for component in aa.attacks_to_run:
+            if component not in APGD_COMPONENTS:
+                raise ValueError(f"autoattack component {component!r} decides success by single forwards; on a stochastic "
+                                 f"defense use version: rand or a custom list from {APGD_COMPONENTS}")
+            apgd = aa.apgd_targeted if component == "apgd-t" else aa.apgd
+            targets = range(2, apgd.n_target_classes + 2) if component == "apgd-t" else [0]
+            torch.manual_seed(seed)  # as the library seeds each component
+            for rank in targets:
+                for _ in range(apgd.n_restarts):
+                    if not book.done:
+                        chunks = book.live.split(self.batch_size)
+                        points = [best_loss_point(apgd, component, x[c], y[c], rank) for c in chunks]
+                        book.check(torch.cat(points), by=component)
+        return book.outcome()
+
+    @contextmanager
+    def _session(self, model: nn.Module, x: Tensor, generator: torch.Generator) -> Iterator[tuple[Any, int]]:
+        """Eval mode, a forked global RNG, and the configured library object with its seed."""
+        seed = seed_from(generator)
+        with eval_mode(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            yield self.build(model, seed, x.device), seed

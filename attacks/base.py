@@ -6,20 +6,49 @@ and returns adversarial images inside the threat model's ball and inside [0,1]. 
 (random starts) comes from the ``generator`` argument. EOT over a stochastic defense is the attack's
 job: every forward call of the model draws fresh defense noise, so repeating an image inside a batch
 gives independent EOT draws.
+
+Two entry points:
+
+- ``perturb(model, x, y, generator) -> x_adv`` is the bare algorithm (no decisions);
+- ``run(model, x, y, generator, judge) -> AttackOutcome`` is what ``evaluate_shard`` calls. The
+  ``judge`` is the protocol's decision rule (SPEC §4): K votes of the *real* defense. An attack that
+  decides on the way (success rule ``any``, early exit on a deterministic defense, AutoAttack's
+  components) asks the judge, and the verdict that decided a sample is the one the row records.
+  The default ``run`` judges the final output of ``perturb`` once, so an attack that only writes
+  ``perturb`` follows the ``final`` rule.
+
+Parameter ranges are declared in the constructor signatures with pydantic (:data:`Steps`,
+:data:`Eps`, ...): ``bench.spec`` validates job files against them before anything is built, and
+``bench.validated.validated`` checks the same annotations when the constructor is called from Python.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import Annotated, Callable, ClassVar, Iterator, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from bench.registry import ATTACKS
+from bench.validated import validated
+
+__all__ = ["Attack", "AttackBudget", "AttackOutcome", "Judge", "validated"]
 
 NORMS = ("Linf", "L2")
+
+#: parameter types shared by the attack constructors (ranges checked before a job runs)
+Norm = Literal["Linf", "L2"]
+Eps = Annotated[float, Field(gt=0, le=64, allow_inf_nan=False)]  # L2 radii exceed 1; sqrt(3072) ~ 55
+StepSize = Annotated[float, Field(gt=0, le=64, allow_inf_nan=False)]
+Steps = Annotated[int, Field(ge=1, le=100_000)]
+Draws = Annotated[int, Field(ge=1, le=10_000)]
+
+#: K-vote decision of the real defense: images (n, C, H, W) -> (pred (n,) int64, votes (n, classes)
+#: int32, each row summing to K); ``bench.voting.VoteJudge`` is the implementation evaluate_shard passes
+Judge = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -30,14 +59,37 @@ class AttackBudget:
         steps: Iterations per run (per component for AutoAttack).
         eot: EOT draws per gradient as configured (a deterministic model is given one).
         restarts: Independent runs per image.
-        success: The success rule: ``final`` (the final iterate is judged), ``any`` (broken at the
-            first checked iterate the defense misclassifies), or an attack's own documented rule.
+        success: The success rule (README "Success rules"): ``final`` (the final iterate is
+            judged), ``any`` (broken at the first iterate the judge says is misclassified; every
+            iterate), ``any:N`` (every N-th iterate and the final one), ``best-loss`` (AutoAttack on
+            a stochastic defense: each component's best-loss iterate is judged), ``none`` (clean).
     """
 
     steps: int
     eot: int
     restarts: int
     success: str
+
+
+@dataclass
+class AttackOutcome:
+    """Result of ``Attack.run`` on n images.
+
+    Attributes:
+        x_adv: (n, C, H, W) in the eps-ball and [0, 1]: the iterate that broke the sample, else the
+            last iterate the judge saw.
+        pred: (n,) int64, the judge's decision on ``x_adv`` (the decision the rows record).
+        votes: (n, classes) int32, its vote counts (each row sums to K).
+        broken_by: Per sample, the component that broke it (AutoAttack: ``apgd-ce``...); None when
+            not broken or when the attack has no components (the rows then name the attack).
+        broken_at: Per sample, the iterate the judge found broken (0 = the start); None if unknown.
+    """
+
+    x_adv: Tensor
+    pred: Tensor
+    votes: Tensor
+    broken_by: list[str | None]
+    broken_at: list[int | None]
 
 
 @contextmanager
@@ -57,8 +109,26 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
+def is_stochastic(model: nn.Module) -> bool:
+    """Whether two forwards of ``model`` can differ (``DefendedModel.stochastic``; unknown: True)."""
+    return bool(getattr(model, "stochastic", True))
+
+
+def is_oblivious(model: nn.Module) -> bool:
+    """Whether ``model`` is the bare classifier of the oblivious setting (``DefendedModel.mode``):
+    an attack must not pick its output by the defense's verdicts there (it would use the defense)."""
+    return getattr(model, "mode", None) == "oblivious"
+
+
+def forward_decides(model: nn.Module) -> bool:
+    """Whether one forward of ``model`` is the real defense's decision (``DefendedModel.forward_decides``:
+    a deterministic defense in mode full or bpda); unknown modules: False."""
+    return bool(getattr(model, "forward_decides", False))
+
+
 class Attack:
-    """Base class: stores the threat model; subclasses implement ``perturb``.
+    """Base class: stores the threat model; subclasses implement ``perturb`` (and ``run`` if they
+    decide on the way).
 
     Args:
         norm: ``"Linf"`` or ``"L2"``.
@@ -80,9 +150,20 @@ class Attack:
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, judge: Judge) -> AttackOutcome:
+        """Craft with ``perturb`` and judge the result once (the ``final`` rule)."""
+        x_adv = self.perturb(model, x, y, generator).detach()
+        pred, votes = judge(x_adv)
+        return AttackOutcome(x_adv, pred, votes, [None] * len(y), [None] * len(y))
+
     def budget(self) -> AttackBudget:
         """Iterations, EOT draws, restarts and success rule of this configuration."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its budget")
+
+    def success_rule(self, model: nn.Module) -> str:
+        """The success rule ``run`` applies on ``model`` (the rows' ``success``); by default the
+        configured one, ``budget().success``."""
+        return self.budget().success
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Project onto the eps-ball around ``x`` and onto the [0,1] box."""

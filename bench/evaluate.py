@@ -15,7 +15,12 @@ Protocol (SPEC §3, §4):
 3. The attack crafts on a ``DefendedModel`` in the cell's gradient mode (``attack.forced_gradient``
    wins, e.g. BPDA+EOT -> ``bpda``), or on the bare classifier for ``setting="oblivious"`` (the
    defense is skipped while crafting, kept for the decision).
-4. Adversarial decision: K purifications of the adversarial image through the real defense.
+4. Adversarial decision: ``attack.run`` receives the judge (``bench.voting.VoteJudge``: K
+   purifications through the real defense) and asks it wherever its success rule decides — the
+   final iterate, checked iterates, each AutoAttack component's point. The verdict that decided a
+   sample is the row's ``adv_pred`` / ``adv_votes``; ``broken_by`` names the component that broke
+   it (else the attack type) and ``broken_at`` the iterate (null when unknown); ``success`` is the
+   rule the attack applied to this model (``attack.success_rule(model)``).
 
 Randomness: four independent ``RngStream``s: ``clean-votes`` of (seed, clean_key) — the same for
 every attack cell of a defense, so its clean decision does not depend on the attack — and, of
@@ -26,7 +31,8 @@ seed) and ``adv-votes``. Changing the attack therefore never changes the clean d
 Network evaluations per image (``net_evals``): forward passes of networks, counting the classifier
 as 1 and one purification as ``defense.cost()`` (``surrogate_cost()`` for the surrogate process if
 the defense defines it, else ``cost()``; 0 when crafting obliviously). With ``F_clean``, ``F_att``,
-``F_adv`` the images forwarded by the clean-vote, attack and adversarial-vote models::
+``F_adv`` the images forwarded by the clean-vote, attack and judge (adversarial-vote) models — the
+judge's forwards during the attack included::
 
     net_evals_i = F_clean / N * (1 + c) + attacked_i * (F_att * (1 + c_att) + F_adv * (1 + c)) / N_att
 
@@ -47,7 +53,7 @@ from attacks.base import Attack
 from bench.device import autocast
 from bench.rng import RngStream
 from bench.schema import ROW_SCHEMA, CellInfo
-from bench.voting import predict_with_votes
+from bench.voting import VoteJudge, as_k_votes, predict_with_votes
 from defenses.base import Defense
 from defenses.defended import DefendedModel
 
@@ -80,17 +86,6 @@ def _net_cost(defense: Defense, mode: str) -> float:
     if mode == "surrogate" and hasattr(defense, "surrogate_cost"):
         return 1.0 + float(defense.surrogate_cost())
     return 1.0 + float(defense.cost())
-
-
-def _k_votes(counts: Tensor, votes: int) -> Tensor:
-    """Vote counts summing to K. ``predict_with_votes`` asks a deterministic model once (counts sum
-    to 1); K purifications of it would all agree, so its single vote stands for K."""
-    totals = counts.sum(1)
-    if counts.shape[0] == 0 or bool((totals == votes).all()):
-        return counts
-    if bool((totals == 1).all()):
-        return counts * votes
-    raise RuntimeError(f"vote counts sum to {totals.unique().tolist()}, expected {votes} (or 1 for a deterministic defense)")
 
 
 def _check_ball(attack: Attack, delta: Tensor, x_adv: Tensor) -> None:
@@ -173,31 +168,29 @@ def evaluate_shard(
         start = time.perf_counter()
         clean_model = defended("clean-votes", "bpda", clean_key or task_id)
         clean_pred, clean_votes = predict_with_votes(clean_model, x, votes, batch_size)
-        clean_votes = _k_votes(clean_votes, votes)
+        clean_votes = as_k_votes(clean_votes, votes)
         t_clean = time.perf_counter() - start
 
-        # 2-3. attack the clean-correct images only
+        # 2-4. attack the clean-correct images only; the judge (K votes of the real defense) decides
         start = time.perf_counter()
         attacked = (clean_pred == y) & attack.crafts
         idx = attacked.nonzero().flatten()
         x_adv = x.detach().clone()
         attack_model = defended("attack-defense", mode)
         adv_model = defended("adv-votes", "bpda")
+        judge = VoteJudge(adv_model, votes, batch_size, num_classes=clean_votes.shape[1])
         adv_pred, adv_votes = clean_pred.clone(), clean_votes.clone()
+        broken_by: list[str | None] = [None] * n
+        broken_at: list[int | None] = [None] * n
         if idx.numel():
             attack_rng = RngStream(seed, task_id, "attack")
-            crafted = []
             for chunk in idx.split(batch_size):
-                crafted.append(attack.perturb(attack_model, x[chunk], y[chunk], attack_rng.next(device)).detach())
-            x_adv[idx] = torch.cat(crafted).to(x.dtype)
+                out = attack.run(attack_model, x[chunk], y[chunk], attack_rng.next(device), judge)
+                x_adv[chunk] = out.x_adv.detach().to(x.dtype)
+                adv_pred[chunk], adv_votes[chunk] = out.pred, out.votes.to(adv_votes.dtype)
+                for i, p in enumerate(chunk.tolist()):
+                    broken_by[p], broken_at[p] = out.broken_by[i], out.broken_at[i]
         t_attack = time.perf_counter() - start
-
-        # 4. adversarial decision by K votes
-        start = time.perf_counter()
-        if idx.numel():
-            pred, counts = predict_with_votes(adv_model, x_adv[idx], votes, batch_size, num_classes=clean_votes.shape[1])
-            adv_pred[idx], adv_votes[idx] = pred, _k_votes(counts, votes)
-        t_adv = time.perf_counter() - start
 
     delta = (x_adv - x).float()
     _check_ball(attack, delta, x_adv)
@@ -208,7 +201,7 @@ def evaluate_shard(
     if n_att:
         att = attack_model.images_forwarded * _net_cost(defense, mode) + adv_model.images_forwarded * (1.0 + c)
         evals[idx.cpu()] += att / n_att
-        seconds[idx.cpu()] += (t_attack + t_adv) / n_att
+        seconds[idx.cpu()] += t_attack / n_att
 
     clean_correct = (clean_pred == y).cpu()
     adv_pred_cpu = adv_pred.cpu()
@@ -220,7 +213,8 @@ def evaluate_shard(
         "classifier": cell.classifier, "norm": attack.norm, "eps": float(attack.eps),
         "defense": cell.defense, "defense_type": cell.defense_type, "defense_config": cell.defense_config,
         "attack": cell.attack, "attack_type": cell.attack_type, "attack_config": cell.attack_config,
-        "steps": budget.steps, "eot": budget.eot, "restarts": budget.restarts, "success": budget.success,
+        "steps": budget.steps, "eot": budget.eot, "restarts": budget.restarts,
+        "success": attack.success_rule(attack_model),
         "setting": setting, "gradient": recorded_gradient, "votes": int(votes), "seed": int(seed),
     }
     columns = {name: [value] * n for name, value in constant.items()}
@@ -234,8 +228,8 @@ def evaluate_shard(
         "adv_pred": adv_pred_cpu.tolist(),
         "adv_votes": adv_votes.cpu().tolist(),
         "robust": robust.tolist(),
-        "broken_by": [cell.attack_type if b else None for b in broken.tolist()],
-        "broken_at": [None] * n,
+        "broken_by": [(by or cell.attack_type) if b else None for b, by in zip(broken.tolist(), broken_by)],
+        "broken_at": [at if b else None for b, at in zip(broken.tolist(), broken_at)],
         "linf": delta.flatten(1).abs().amax(1).cpu().tolist() if n else [],
         "l2": delta.flatten(1).norm(dim=1).cpu().tolist() if n else [],
         "net_evals": evals.tolist(),

@@ -5,6 +5,10 @@ times (default K = 10 in jobs), each time with fresh defense noise, and keeps th
 counts. The images are repeated inside a batch so the K purifications run vectorised (the defended
 model gives every row its own noise), and a deterministic model is asked once (K = 1).
 
+``VoteJudge`` is that rule as the ``judge`` an attack receives (``attacks.base.Judge``): attacks that
+decide on the way (any-iterate success, early exit, AutoAttack's components) ask it, so every
+decision in a row is a K-vote of the real defense.
+
 Tie rule: among the classes with the most votes the smallest class index wins (``torch.argmax``
 returns the first maximal index). It is deterministic and independent of the label; with the
 counts recorded a reader can recompute any other rule.
@@ -79,3 +83,36 @@ def predict_with_votes(model: nn.Module, x: Tensor, votes: int, batch_size: int 
     counts = torch.bincount(owners * num_classes + flat, minlength=n * num_classes)
     counts = counts.view(n, num_classes).to(torch.int32)
     return counts.argmax(dim=1).to(torch.int64), counts
+
+
+def as_k_votes(counts: Tensor, votes: int) -> Tensor:
+    """Vote counts summing to K. ``predict_with_votes`` asks a deterministic model once (counts sum
+    to 1); K purifications of it would all agree, so its single vote stands for K."""
+    totals = counts.sum(1)
+    if counts.shape[0] == 0 or bool((totals == votes).all()):
+        return counts
+    if bool((totals == 1).all()):
+        return counts * votes
+    raise RuntimeError(f"vote counts sum to {totals.unique().tolist()}, expected {votes} (or 1 for a deterministic defense)")
+
+
+class VoteJudge:
+    """The K-vote decision of the real defense, as a callable for attacks (``attacks.base.Judge``).
+
+    Args:
+        model: The ``DefendedModel`` whose real purification decides (``evaluate_shard``'s
+            ``adv-votes`` model; its ``images_forwarded`` counts the judge's forwards).
+        votes: K.
+        batch_size: Rows per forward pass. Default 128.
+        num_classes: Width of the vote counts. Default None: the number of logits.
+
+    Calling it on images (n, C, H, W) returns ``(pred, counts)`` as :func:`predict_with_votes`, with
+    the counts of a deterministic defense scaled to sum to K (:func:`as_k_votes`).
+    """
+
+    def __init__(self, model: nn.Module, votes: int, batch_size: int = 128, num_classes: int | None = None) -> None:
+        self.model, self.votes, self.batch_size, self.num_classes = model, votes, batch_size, num_classes
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pred, counts = predict_with_votes(self.model, x.detach(), self.votes, self.batch_size, self.num_classes)
+        return pred, as_k_votes(counts, self.votes)

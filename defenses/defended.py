@@ -55,6 +55,13 @@ class DefendedModel(nn.Module):
     def stochastic(self) -> bool:
         return self.defense.stochastic and self.mode != "oblivious"
 
+    @property
+    def forward_decides(self) -> bool:
+        """Whether one forward is the real defense's decision: a deterministic defense in mode
+        ``full`` or ``bpda`` (whose forward value is ``purify``'s). Attacks then keep the first
+        breaking iterate from the logits they compute anyway (``attacks/eot.py``)."""
+        return not self.defense.stochastic and self.mode in ("full", "bpda")
+
     def _generator(self, x: Tensor) -> torch.Generator | None:
         return self.rng.next(x.device) if self.defense.stochastic else None
 

@@ -3,23 +3,35 @@
 Pei et al., "Diffusion-based Adversarial Purification from the Perspective of the Frequency Domain",
 ICML 2025, arXiv:2505.01267 (Algorithm 1). The surrogate gradient follows Lee & Kim, ICCV 2023,
 arXiv:2303.09051.
+
+The defaults are the paper's. The released code (GaozhengPei/FreqPure ``purification.py``, commit
+392c315) differs; each difference is an option here (README "FreqPure as released"):
+``reference="denoised"`` (its reference is the one-step x0 estimate of the input noised to step
+``reference_step`` = 50, redrawn at every reverse step), ``clamp_x0`` (x0 clamped to the image
+range before the FFT), ``inverse="abs"`` (modulus of the inverse FFT instead of its real part),
+``phase_mode="exchange"`` (it replaces the phase before clipping, so ``delta`` has no effect).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from bench.registry import DEFENSES
+from bench.validated import validated
 from defenses.base import Defense
 from defenses.diffusion.backbone import NoisePredictor, load_backbone
 from defenses.diffusion.sampling import (
     check_trained_range,
     diffuse,
+    predict_eps,
+    randn_like,
     reverse_loop,
     steps_from_t_star,
     strided_indices,
@@ -27,7 +39,13 @@ from defenses.diffusion.sampling import (
 )
 
 PHASE_MODES = ("project", "exchange")
-REFERENCES = ("input",)
+REFERENCES = ("input", "denoised")
+INVERSES = ("real", "abs")
+#: the step the released code noises the input to for its denoised reference (``forward_noise_steps``)
+RELEASED_REFERENCE_STEP = 50
+
+Radius = Annotated[float, Field(ge=0, le=1024, allow_inf_nan=False)]
+StepCount = Annotated[int, Field(ge=1, le=100_000)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,10 +118,11 @@ class FreqPure(Defense):
 
     Each reverse step (Algorithm 1): predict eps at x_t; ``x0 = (x_t - sqrt(1-abar_t) eps)/sqrt(abar_t)``;
     per image and channel, FFT x0 and the reference image; Amplitude Spectrum Exchange within radius
-    ``d_a``; Phase Spectrum Projection within radius ``d_p``; inverse FFT, real part, clamp; then
+    ``d_a``; Phase Spectrum Projection within radius ``d_p``; inverse FFT, real part (``abs`` with
+    ``inverse="abs"``), clamp; then
     ``x_prev = sqrt(abar_prev) x0' + c1 z + c2 eps`` with the UNEDITED eps (DDNM-style). The edits are
-    vectorised over batch and channel with ``torch.fft``, in float (no uint8 cast: the released
-    code's cast cut the gradient). Spectra are taken on the [0,1] image scale, as the released code
+    vectorised over batch and channel with ``torch.fft``, in float (no uint8 cast: an earlier
+    release cast to uint8, which cut the gradient). Spectra are taken on the [0,1] image scale, as the released code
     does (on 0..255, the same edits up to a global factor): on [-1,1] a dark image's DC term would be
     negative and the DC amplitude exchange would depend on that offset.
 
@@ -122,10 +141,17 @@ class FreqPure(Defense):
         d_p: Phase projection radius D_P. Default 2. None disables PSP (ablation).
         delta: Phase projection half-width in radians. Default 0.2.
         phase_mode: ``"project"`` (default, the paper's eq. 13) or ``"exchange"``.
-        reference: Image whose spectrum guides the edits. Only ``"input"`` — the image being purified
-            (x_adv under attack), the only reference the paper defines (Algorithm 1, lines 5-9); it
-            plays the role of the measurement in DDNM. The reference is part of the graph, so
-            ``full`` gradients include this direct path from the input.
+        reference: Image whose spectrum guides the edits. ``"input"`` (default): the image being
+            purified (x_adv under attack), the only reference the paper defines (Algorithm 1, lines
+            5-9); it plays the role of the measurement in DDNM. ``"denoised"`` (released code): at
+            every reverse step, the one-step x0 estimate of the input diffused to ``reference_step``
+            with fresh noise, clamped to [0, 1]; it costs one more network call per step. Either
+            reference is part of the graph, so ``full`` gradients include this path from the input.
+        reference_step: Step index the ``denoised`` reference is diffused to. Default 50 (released).
+        clamp_x0: Clamp each x0 estimate to [0, 1] before its FFT (released code). Default False.
+        inverse: ``"real"`` (default) or ``"abs"`` (released code): how the edited spectrum returns
+            to pixels. The edits keep the spectrum Hermitian, so the two differ only where the
+            inverse is negative (``abs`` reflects it, ``real`` is clamped to 0).
         surrogate_steps: Steps of the surrogate process. Default 10.
         checkpointing: Checkpoint each network call when a graph is built. Default True.
 
@@ -137,26 +163,31 @@ class FreqPure(Defense):
     stochastic = True
     gradient_modes = ("full", "surrogate", "bpda")
 
+    @validated
     def __init__(
         self,
         *,
         backbone: dict[str, Any] | NoisePredictor,
-        t_star: float = 0.1,
-        steps: int | None = None,
-        eta: float = 1.0,
-        d_a: float | None = 3,
-        d_p: float | None = 2,
-        delta: float = 0.2,
-        phase_mode: str = "project",
-        reference: str = "input",
-        surrogate_steps: int = 10,
+        t_star: Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)] = 0.1,
+        steps: StepCount | None = None,
+        eta: Annotated[float, Field(ge=0, le=1)] = 1.0,
+        d_a: Radius | None = 3,
+        d_p: Radius | None = 2,
+        delta: Annotated[float, Field(ge=0, le=math.pi)] = 0.2,
+        phase_mode: Literal["project", "exchange"] = "project",
+        reference: Literal["input", "denoised"] = "input",
+        reference_step: Annotated[int, Field(ge=0, le=100_000)] = RELEASED_REFERENCE_STEP,
+        clamp_x0: bool = False,
+        inverse: Literal["real", "abs"] = "real",
+        surrogate_steps: StepCount = 10,
         checkpointing: bool = True,
     ) -> None:
         super().__init__()
         if phase_mode not in PHASE_MODES:
             raise ValueError(f"freqpure: phase_mode={phase_mode!r}; allowed: {', '.join(PHASE_MODES)}")
-        if reference not in REFERENCES:
-            raise ValueError(f"freqpure: reference={reference!r}; allowed: {', '.join(REFERENCES)}")
+        if reference not in REFERENCES or inverse not in INVERSES:
+            raise ValueError(f"freqpure: reference={reference!r}, inverse={inverse!r}; allowed: "
+                             f"reference {', '.join(REFERENCES)}, inverse {', '.join(INVERSES)}")
         if not (0.0 <= eta <= 1.0 and delta >= 0.0):
             raise ValueError(f"freqpure: need 0 <= eta <= 1 and delta >= 0, got eta={eta}, delta={delta}")
         for name, radius in (("d_a", d_a), ("d_p", d_p)):
@@ -169,31 +200,66 @@ class FreqPure(Defense):
         self.surrogate_indices = strided_indices(self.n_steps, int(surrogate_steps))
         self.eta, self.d_a, self.d_p, self.delta = float(eta), d_a, d_p, float(delta)
         self.phase_mode, self.reference, self.checkpointing = phase_mode, reference, bool(checkpointing)
+        self.clamp_x0, self.inverse = bool(clamp_x0), inverse
+        if reference == "denoised":
+            if not 0 <= reference_step < self.model.schedule.num_steps:
+                raise ValueError(f"freqpure: reference_step={reference_step}; allowed: 0..{self.model.schedule.num_steps - 1}")
+            check_trained_range(self.model, reference_step + 1, "freqpure (reference_step)")
+        self.reference_step = int(reference_step)
+
+    def _calls_per_step(self) -> int:
+        return 2 if self.reference == "denoised" else 1
 
     def cost(self) -> float:
-        return float(len(self.indices))
+        return float(len(self.indices) * self._calls_per_step())
 
     def surrogate_cost(self) -> float:
         """Network evaluations per image for one ``surrogate_purify`` call."""
-        return float(len(self.surrogate_indices))
+        return float(len(self.surrogate_indices) * self._calls_per_step())
 
     def edit(self, x0_d: Tensor, ref_spec: Tensor) -> Tensor:
         """The frequency edit of one x0 estimate ([-1,1] scale) against the reference spectrum."""
         h, w = x0_d.shape[-2:]
-        spec = torch.fft.fft2((x0_d + 1.0) * 0.5)
+        x0 = (x0_d + 1.0) * 0.5
+        spec = torch.fft.fft2(x0.clamp(0.0, 1.0) if self.clamp_x0 else x0)
         if self.d_a is not None:
             spec = amplitude_exchange(spec, ref_spec, frequency_mask(h, w, float(self.d_a), str(x0_d.device)))
         if self.d_p is not None:
             mask = frequency_mask(h, w, float(self.d_p), str(x0_d.device))
             spec = phase_project(spec, ref_spec, mask, self.delta, self.phase_mode)
-        return torch.fft.ifft2(spec).real.clamp(0.0, 1.0) * 2.0 - 1.0
+        pixels = torch.fft.ifft2(spec)
+        pixels = pixels.abs() if self.inverse == "abs" else pixels.real
+        return pixels.clamp(0.0, 1.0) * 2.0 - 1.0
+
+    def denoised_reference(self, x: Tensor, z: Tensor) -> Tensor:
+        """The released code's reference spectrum: the one-step x0 estimate of ``x`` ([0,1]) diffused
+        to ``reference_step`` with noise ``z``, clamped to [0, 1], on the [0,1] scale."""
+        abar = float(self.model.schedule.alphas_cumprod()[self.reference_step])
+        x_n = math.sqrt(abar) * (2.0 * x - 1.0) + math.sqrt(1.0 - abar) * z
+        x0 = (x_n - math.sqrt(1.0 - abar) * predict_eps(self.model, x_n, self.reference_step)) / math.sqrt(abar)
+        return torch.fft.fft2(((x0 + 1.0) * 0.5).clamp(0.0, 1.0))
+
+    def reference_spectra(self, x: Tensor, indices: list[int], generator: torch.Generator | None) -> dict[int, Tensor]:
+        """Reference spectrum per reverse step index: the input's, or a fresh denoised one per step
+        (its noise drawn here, outside the steps' checkpoints; each network call checkpointed)."""
+        if self.reference == "input":
+            spec = torch.fft.fft2(x)  # on the [0,1] scale; computed once per call
+            return {t: spec for t in indices}
+        spectra = {}
+        for t in indices:
+            z = randn_like(x, generator)
+            if self.checkpointing and torch.is_grad_enabled() and x.requires_grad:
+                spectra[t] = checkpoint(self.denoised_reference, x, z, use_reentrant=False)
+            else:
+                spectra[t] = self.denoised_reference(x, z)
+        return spectra
 
     def _run(self, x: Tensor, indices: list[int], generator: torch.Generator | None) -> Tensor:
-        ref_spec = torch.fft.fft2(x)  # reference = input, on the [0,1] scale; computed once per call
         abar = float(self.model.schedule.alphas_cumprod()[self.n_steps - 1])
         x_t = diffuse(2.0 * x - 1.0, abar, generator)
+        refs = self.reference_spectra(x, indices, generator)
         x0 = reverse_loop(
-            self.model, x_t, indices, self.eta, generator, lambda z: self.edit(z, ref_spec), self.checkpointing
+            self.model, x_t, indices, self.eta, generator, lambda z, t: self.edit(z, refs[t]), self.checkpointing
         )
         return to_unit(x0)
 
@@ -206,5 +272,6 @@ class FreqPure(Defense):
     def extra_repr(self) -> str:
         return (
             f"t_star_steps={self.n_steps}, steps={len(self.indices)}, eta={self.eta}, d_a={self.d_a}, "
-            f"d_p={self.d_p}, delta={self.delta}, phase_mode={self.phase_mode}"
+            f"d_p={self.d_p}, delta={self.delta}, phase_mode={self.phase_mode}, reference={self.reference}, "
+            f"clamp_x0={self.clamp_x0}, inverse={self.inverse}"
         )

@@ -63,6 +63,8 @@ DEFENSE_CASES: dict[str, Callable[[], Any]] = {
     "diffpure": lambda: create_defense("diffpure", backbone=TinyEps(), t_star=0.02, surrogate_steps=2),
     "diffpure:ddpm": lambda: create_defense("diffpure", backbone=TinyEps(), t_star=0.02, solver="ddpm", surrogate_steps=2),
     "freqpure": lambda: create_defense("freqpure", backbone=TinyEps(), t_star=0.02, steps=4, surrogate_steps=2),
+    "freqpure:released": lambda: create_defense("freqpure", backbone=TinyEps(), t_star=0.02, steps=4, surrogate_steps=2,
+                                                reference="denoised", reference_step=5, clamp_x0=True, inverse="abs", phase_mode="exchange"),
     # SAR brings its own (adversarially trained) classifier; a tiny one stands in for the checkpoint.
     "sar": lambda: create_defense("sar", classifier=tiny_classifier(seed=1)),
 }
@@ -71,6 +73,8 @@ ATTACK_CASES: dict[str, Callable[[], Any]] = {
     "none": lambda: create_attack("none"),
     "pgd-eot": lambda: create_attack("pgd-eot", eps=8 / 255, steps=3, step_size=2 / 255, eot=2),
     "bpda-eot": lambda: create_attack("bpda-eot", eps=8 / 255, steps=3, eot=2),
+    "pgd-eot:any": lambda: create_attack("pgd-eot", eps=8 / 255, steps=3, step_size=2 / 255, eot=2, success="any", check_every=2),
+    "pgd-eot:L2-sign": lambda: create_attack("pgd-eot", norm="L2", eps=0.5, steps=3, eot=2, l2_step="sign"),
     "pgd-eot:L2": lambda: create_attack("pgd-eot", norm="L2", eps=0.5, steps=3, step_size=0.2, eot=2),
     "autoattack": lambda: create_attack("autoattack", version="rand", n_iter=3, eot_iter=2),
     "autoattack:standard": lambda: create_attack("autoattack", version="standard", n_iter=2, n_queries=20),

@@ -14,6 +14,7 @@ from attacks.pgd_eot import PGDEOT, TARGET_IMAGES_PER_FORWARD, copies_per_forwar
 from bench.classifiers import load_classifier
 from bench.registry import ATTACKS, create_defense
 from bench.rng import RngStream
+from bench.voting import VoteJudge
 from defenses.defended import DefendedModel
 
 
@@ -65,7 +66,7 @@ def test_pgd_linf_on_resnet20_stays_in_ball_and_breaks_it(resnet20, images):
 
 def test_gradients_are_nonzero_for_every_image(resnet20, images):
     x, y = images
-    grad = eot_gradient(defended(resnet20), x, y, draws=1, chunk=1)
+    grad = eot_gradient(defended(resnet20), x, y, draws=1, chunk=1).grad
     assert torch.isfinite(grad).all() and (grad.flatten(1).abs().sum(1) > 0).all()
 
 
@@ -169,7 +170,7 @@ def test_eot_gradient_matches_the_analytic_average(average, chunk):
     offsets = torch.randn(draws, 5) * 3
     model = ScheduledNoise(offsets, n)
     x, y = torch.rand(n, 3, 2, 2), torch.tensor([0, 1, 4])
-    grad = eot_gradient(model, x, y, draws, chunk, average)
+    grad, logits = eot_gradient(model, x, y, draws, chunk, average)
     x_ref = x.clone().requires_grad_(True)
     z = model.lin(x_ref.flatten(1))
     if average == "loss":  # mean over draws of the per-draw cross-entropy
@@ -178,6 +179,8 @@ def test_eot_gradient_matches_the_analytic_average(average, chunk):
         loss = F.cross_entropy(z + offsets.mean(0), y, reduction="sum")
     (ref,) = torch.autograd.grad(loss, x_ref)
     assert torch.allclose(grad, ref, atol=1e-6)
+    # the logits returned are the average over the draws (what a deterministic model's decision reads)
+    assert torch.allclose(logits, z.detach() + offsets.mean(0), atol=1e-5)
 
 
 def test_bpda_eot_uses_the_identity_backward_and_refuses_other_modes(resnet20, images):
@@ -223,3 +226,110 @@ def test_attack_runs_in_eval_mode_and_restores_every_flag(resnet20, images):
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         PGDEOT(**params)
+
+
+class RecordingJudge:
+    """K-vote judge of the real defense that records the batch size of every call."""
+
+    def __init__(self, model, votes=3):
+        self.judge, self.sizes = VoteJudge(model, votes), []
+
+    def __call__(self, x):
+        self.sizes.append(x.shape[0])
+        return self.judge(x)
+
+
+def _judge_model(classifier, defense="noisy", **params):
+    return DefendedModel(classifier, create_defense(defense, **params), "bpda", RngStream(0, "test", "votes"))
+
+
+def test_any_rule_judges_checked_iterates_and_stops_attacking_decided_samples(resnet20, images):
+    """success any, check_every 3, 7 steps on the stochastic stand-in: the judge sees the live samples
+    at iterates 3, 6 and 7; a broken sample keeps that iterate and is no longer forwarded."""
+    x, y = images[0][:12], images[1][:12]
+    spy = Spy(resnet20)
+    model = defended(spy, "noisy", sigma=0.04)
+    judge = RecordingJudge(_judge_model(resnet20, sigma=0.04))
+    attack = PGDEOT(eps=4 / 255, steps=7, step_size=1 / 255, eot=2, success="any", check_every=3)
+    out = attack.run(model, x, y, gen(), judge)
+    assert attack.success_rule(model) == "any:3"
+    assert len(judge.sizes) == 3 and judge.sizes[0] == 12 and judge.sizes[0] >= judge.sizes[1] >= judge.sizes[2]
+    broken = out.pred != y
+    assert broken.any() and not broken.all()
+    assert {out.broken_at[i] for i in broken.nonzero().flatten().tolist()} <= {3, 6, 7}
+    assert all(out.broken_at[i] is None for i in (~broken).nonzero().flatten().tolist())
+    assert (out.votes.sum(1) == 3).all() and torch.equal(out.votes.argmax(1), out.pred)
+    # forwards: every live sample, eot copies per step; decided samples drop out of later steps
+    live = [12] * 3 + [judge.sizes[0] - sum(out.broken_at[i] == 3 for i in range(12))] * 3
+    live.append(judge.sizes[2])
+    assert sum(b.shape[0] for b in spy.seen) == 2 * sum(live)
+    assert (out.x_adv - x).abs().max() <= 4 / 255 + 1e-6
+
+
+def test_final_rule_judges_once_and_perturb_never_judges(resnet20, images):
+    x, y = images[0][:6], images[1][:6]
+    judge = RecordingJudge(_judge_model(resnet20, sigma=0.04))
+    model = defended(resnet20, "noisy", sigma=0.04)
+    attack = PGDEOT(eps=4 / 255, steps=3, step_size=1 / 255, eot=2)
+    out = attack.run(model, x, y, gen(), judge)
+    assert judge.sizes == [6] and attack.success_rule(model) == "final"
+    assert all(out.broken_at[i] == 3 for i in (out.pred != y).nonzero().flatten().tolist())
+    assert torch.equal(attack.perturb(defended(resnet20, "noisy", sigma=0.04), x, y, gen()), out.x_adv)
+    assert BPDAEOT().success == "any" and BPDAEOT(check_every=5).budget().success == "any:5"
+
+
+def test_l2_sign_step_then_projection(resnet20, images):
+    """Lee & Kim's pgd_eot_l2.py: every pixel moves by step_size (a sign step), then the L2 projection."""
+    x, y = images[0][:4].clamp(0.2, 0.8), images[1][:4]
+    model = defended(resnet20)
+    one = PGDEOT(norm="L2", eps=10.0, steps=1, step_size=0.007, l2_step="sign").perturb(model, x, y, gen())
+    assert torch.allclose((one - x).abs(), torch.full_like(x, 0.007), atol=1e-6)
+    two = PGDEOT(norm="L2", eps=0.2, steps=1, step_size=0.007, l2_step="sign").perturb(model, x, y, gen())
+    delta = (two - x).flatten(1)
+    assert torch.allclose(delta.norm(dim=1), torch.full((4,), 0.2), atol=1e-5)  # 0.007 * sqrt(3072) > 0.2: projected
+    assert torch.allclose(delta / delta.norm(dim=1, keepdim=True), (one - x).flatten(1).sign() / 3072**0.5, atol=1e-5)
+
+
+def test_default_step_sizes():
+    assert PGDEOT().step_size == 0.007 and BPDAEOT().step_size == 2 / 255
+    assert PGDEOT(norm="L2", eps=0.5).step_size == pytest.approx(2.5 * 0.5 / 200)  # reaches the boundary
+    assert PGDEOT(norm="L2", eps=0.5, l2_step="sign").step_size == 0.007           # Lee & Kim
+    assert PGDEOT(norm="L2", eps=0.5, step_size=0.1).step_size == 0.1
+
+
+def test_l2_pgd_with_the_default_budget_breaks_the_undefended_resnet20(resnet20, images):
+    """L2 eps 0.5 with the default budget (200 steps of 2.5 eps / steps): ~0% robust accuracy on
+    ResNet-20 (the published L2 figures for undefended CIFAR models are 0%)."""
+    x, y = images
+    model = defended(resnet20)
+    judge = RecordingJudge(_judge_model(resnet20, "none"))
+    out = PGDEOT(norm="L2", eps=0.5).run(model, x, y, gen(), judge)
+    correct = judge.judge(x)[0] == y
+    assert int(correct.sum()) >= 12
+    assert int((out.pred == y).sum()) == 0
+    assert (out.x_adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5
+    assert model.images_forwarded < 16 * 200 / 4  # broken samples stop: far fewer than steps x images
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"steps": 1e29}, "steps"), ({"steps": 10**9}, "steps"), ({"eot": 0}, "eot"), ({"step_size": -0.1}, "step_size"),
+    ({"success": "best"}, "success"), ({"l2_step": "unit"}, "l2_step"), ({"check_every": 0}, "check_every"),
+    ({"eps": float("inf")}, "eps"), ({"steps": True}, "steps"),
+])
+def test_parameter_ranges_are_declared_and_enforced(params, match, tmp_path):
+    """The constructor refuses the value, and so does the job validator, before anything runs (it
+    reads the same annotations): the error names the field."""
+    import yaml
+
+    from bench.spec import JobSpecError, load_job
+
+    for cls, name in ((PGDEOT, "pgd-eot"), (BPDAEOT, "bpda-eot")):
+        with pytest.raises(ValueError, match=match):
+            cls(**params)
+        job = {"name": "ranges", "dataset": {"name": "cifar10", "split": "test", "subset": {"size": 512, "seed": 0, "take": 4}},
+               "classifier": "resnet20", "threat": {"norm": "Linf", "eps": 8 / 255}, "defenses": ["none"],
+               "attacks": [{"type": name, **params}]}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(job))
+        with pytest.raises(JobSpecError, match=rf"attacks\[0\]\.{match}"):
+            load_job(path)

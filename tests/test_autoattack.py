@@ -13,6 +13,7 @@ from attacks.autoattack import AutoAttackRand, seed_from
 from bench.classifiers import load_classifier
 from bench.registry import ATTACKS, create_defense
 from bench.rng import RngStream
+from bench.voting import VoteJudge
 from defenses.defended import DefendedModel
 
 
@@ -87,13 +88,77 @@ def test_seed_comes_from_the_generator():
 
 
 @pytest.mark.parametrize("params,match", [
-    ({"version": "plus"}, "not one of"),
+    ({"version": "plus"}, "version"),
     ({"version": "custom"}, "exactly when"),
     ({"version": "rand", "attacks": ["apgd-ce"]}, "exactly when"),
-    ({"version": "custom", "attacks": ["pgd"]}, "allowed"),
+    ({"version": "custom", "attacks": ["pgd"]}, "attacks"),
+    ({"version": "custom", "attacks": []}, "at least one"),
     ({"n_iter": 0}, "n_iter"),
+    ({"n_iter": 1e29}, "n_iter"),
+    ({"eot_iter": 0}, "eot_iter"),
     ({"norm": "L1"}, "norm"),
 ])
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         AutoAttackRand(**params)
+
+
+class RecordingJudge:
+    def __init__(self, model, votes=3):
+        self.judge, self.sizes = VoteJudge(model, votes), []
+
+    def __call__(self, x):
+        self.sizes.append(x.shape[0])
+        return self.judge(x)
+
+
+def test_run_on_a_deterministic_defense_is_one_library_call(setup, data_dir):
+    """``run`` calls the library once per component (to name the component in the rows) and keeps
+    its semantics: the same points and decisions as one call with both components (a setting where
+    each of them breaks samples)."""
+    clf = setup[0]
+    data = np.load(data_dir / "cifar10_test.npz")
+    x = torch.from_numpy(data["x"][:32]).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(data["y"][:32]).long()
+    defense = create_defense("lowpass", cutoff=12)
+    model = DefendedModel(clf, defense, "full", RngStream(0, "t", "d"))
+    eps, components = 0.6 / 255, ["apgd-dlr", "apgd-ce"]
+    ours = AutoAttackRand(eps=eps, version="custom", attacks=components, n_iter=2, restarts=1, batch_size=32)
+    judge = RecordingJudge(DefendedModel(clf, defense, "bpda", RngStream(0, "t", "v")))
+    out = ours.run(model, x, y, torch.Generator().manual_seed(3), judge)
+
+    seed = seed_from(torch.Generator().manual_seed(3))
+    direct = AutoAttack(model, norm="Linf", eps=eps, seed=seed, version="custom", attacks=components, device="cpu")
+    direct.apgd = APGDAttack(model, n_iter=2, norm="Linf", n_restarts=1, eps=eps, seed=seed, eot_iter=1,
+                             rho=0.75, device="cpu", logger=direct.logger)
+    x_direct, y_direct = direct.run_standard_evaluation(x.contiguous(), y, batch_size=32)
+
+    assert torch.equal(out.x_adv, x_direct) and torch.equal(out.pred, y_direct)
+    assert judge.sizes == [32] and ours.success_rule(model) == "any"
+    broken = (out.pred != y).tolist()
+    assert all((b is not None) == k for b, k in zip(out.broken_by, broken))
+    assert {b for b in out.broken_by} == {None, *components}  # both components broke samples
+
+
+def test_run_on_a_stochastic_defense_judges_every_component_on_every_survivor(setup):
+    """APGD-CE then APGD-DLR each run on every sample still standing (all clean-correct ones first)
+    and the K-vote judge decides on their best-loss points — never one noisy forward."""
+    clf, x, y = setup
+    model = DefendedModel(clf, create_defense("noisy", sigma=0.04), "full", RngStream(0, "t", "d"))
+    judge = RecordingJudge(DefendedModel(clf, create_defense("noisy", sigma=0.04), "bpda", RngStream(0, "t", "v")))
+    attack = AutoAttackRand(version="rand", eps=2 / 255, n_iter=4, eot_iter=2)
+    out = attack.run(model, x, y, torch.Generator().manual_seed(0), judge)
+    first = sum(b == "apgd-ce" for b in out.broken_by)
+    assert judge.sizes == [8, 8 - first]  # one judged round per component, on the survivors
+    assert (out.x_adv != x).flatten(1).any(1).all()  # every sample holds a point the attack reached
+    assert (out.x_adv - x).abs().max() <= 2 / 255 + 1e-6 and out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+    assert all((b is None) == (p == t) for b, p, t in zip(out.broken_by, out.pred.tolist(), y.tolist()))
+    assert attack.success_rule(model) == "best-loss" and (out.votes.sum(1) == 3).all()
+
+
+def test_single_forward_components_are_refused_on_a_stochastic_defense(setup):
+    clf, x, y = setup
+    model = DefendedModel(clf, create_defense("noisy", sigma=0.04), "full", RngStream(0, "t", "d"))
+    judge = RecordingJudge(DefendedModel(clf, create_defense("noisy", sigma=0.04), "bpda", RngStream(0, "t", "v")))
+    with pytest.raises(ValueError, match="square"):
+        AutoAttackRand(version="custom", attacks=["square"], n_queries=5).run(model, x[:2], y[:2], torch.Generator(), judge)

@@ -20,6 +20,7 @@ from bench.registry import ATTACKS, DEFENSES
 from bench.rng import RngStream
 from attacks.base import Attack, AttackBudget
 from defenses.base import GRADIENT_MODES, Defense
+from bench.voting import VoteJudge
 from defenses.defended import DefendedModel
 
 
@@ -117,6 +118,11 @@ def check_attack_contract(attack: Attack, defense: Defense, classifier, key: str
     y = torch.where(torch.arange(6) % 2 == 0, pred, (pred + 1) % 10)
 
     x_adv = attack.perturb(model, x, y, torch.Generator().manual_seed(0))
+    if attack.crafts and defense.stochastic and getattr(attack, "version", None) == "standard":
+        with pytest.raises(ValueError, match="stochastic"):  # refused, as the job validator refuses it
+            check_run_contract(attack, classifier, defense, mode, x, y, key)
+    elif attack.crafts:
+        check_run_contract(attack, classifier, defense, mode, x, y, key)
 
     budget = attack.budget()  # written into every row: each attack must describe itself
     assert isinstance(budget, AttackBudget) and budget.success and min(budget.steps, budget.eot, budget.restarts) >= 0
@@ -183,3 +189,22 @@ def test_defense_checks_catch_broken_defenses(broken, match, classifier):
 def test_attack_checks_catch_broken_attacks(broken, classifier):
     with pytest.raises(AssertionError):
         check_attack_contract(broken(eps=8 / 255), DEFENSE_CASES["none"](), classifier, broken.__name__)
+
+
+def check_run_contract(attack: Attack, classifier, defense: Defense, mode: str, x, y, key: str) -> None:
+    """``run`` under a K-vote judge of the real defense: the outcome is that judge's decision."""
+    votes = 3
+    model = DefendedModel(classifier, defense, mode, RngStream(0, "contract-run", key))
+    judge = VoteJudge(DefendedModel(classifier, defense, "bpda", RngStream(0, "contract-votes", key)), votes)
+    out = attack.run(model, x, y, torch.Generator().manual_seed(0), judge)
+    n = x.shape[0]
+    assert out.x_adv.shape == x.shape and out.pred.shape == (n,) and out.votes.shape == (n, 10)
+    assert (out.votes.sum(1) == votes).all() and torch.equal(out.votes.argmax(1), out.pred), f"{key}: not a K-vote"
+    assert len(out.broken_by) == len(out.broken_at) == n
+    delta = (out.x_adv - x).flatten(1)
+    bound = delta.abs().amax(1) if attack.norm == "Linf" else delta.norm(dim=1)
+    assert bound.max() <= attack.eps + 1e-5 and out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+    assert attack.success_rule(model) and attack.budget().success, f"{key}: no success rule"
+    if not defense.stochastic:  # the recorded decision is the defense's on the returned point
+        with torch.no_grad():
+            assert torch.equal(classifier(defense.purify(out.x_adv)).argmax(1), out.pred), f"{key}: decision and point disagree"

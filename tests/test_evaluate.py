@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from attacks.base import Attack, AttackBudget
 from attacks.bpda_eot import BPDAEOT
 from attacks.pgd_eot import PGDEOT
 from bench.classifiers import load_classifier
@@ -38,9 +39,9 @@ class RecordingPGD(PGDEOT):
         super().__init__(**kwargs)
         self.seen: list[torch.Tensor] = []
 
-    def perturb(self, model, x, y, generator):
+    def run(self, model, x, y, generator, judge):
         self.seen.append(x.clone())
-        return super().perturb(model, x, y, generator)
+        return super().run(model, x, y, generator, judge)
 
 
 def cell_info(defense: str = "d", attack: str = "a") -> CellInfo:
@@ -89,14 +90,24 @@ def test_none_with_pgd(shard, resnet20):
         assert row["adv_pred"] == int(adv_pred[i])
         if row["attacked"]:
             assert 0 < row["linf"] <= EPS + 1e-6 and row["l2"] > 0
-            # 1 clean forward + `steps` attack forwards + 1 adversarial forward (classifier only)
-            assert row["net_evals"] == pytest.approx(1 + steps + 1)
         else:
             assert row["linf"] == 0 and row["l2"] == 0 and torch.equal(adv[i], x[i])
             assert row["adv_pred"] == row["clean_pred"] and row["net_evals"] == pytest.approx(1)
         assert (row["setting"], row["gradient"], row["defense"], row["attack"]) == ("adaptive", "full", "none", "pgd")
     assert sum(row["robust"] for row in r) < int(correct.sum())  # 3 steps of PGD fool a standard model
     assert sum(row["seconds"] for row in r) > 0
+    # a deterministic defense: the step's own forward decides, so broken samples stop at their first
+    # breaking iterate b (found by the forward of step b + 1) and the judge confirms once
+    attacked = [row for row in r if row["attacked"]]
+    assert {row["success"] for row in r} == {"any"}
+    for row in attacked:
+        assert row["robust"] == (row["broken_at"] is None) and (row["broken_by"] is None) == row["robust"]
+        assert row["broken_at"] is None or (0 < row["broken_at"] <= steps and row["broken_by"] == "pgd")
+    forwards = sum(min(steps, (row["broken_at"] if row["broken_at"] is not None else steps) + 1) for row in attacked)
+    judged = len(attacked)
+    for row in attacked:  # 1 clean forward + this shard's attack and judge forwards per attacked image
+        assert row["net_evals"] == pytest.approx(1 + (forwards + judged) / len(attacked))
+    assert forwards < steps * len(attacked)  # early exit saved forward/backward passes
 
 
 def test_oblivious_setting_is_recorded_and_skips_the_defense(shard, resnet20):
@@ -105,9 +116,17 @@ def test_oblivious_setting_is_recorded_and_skips_the_defense(shard, resnet20):
     adaptive = rows(run(shard, resnet20, none, attack))
     oblivious = rows(run(shard, resnet20, none, attack, setting="oblivious"))
     assert {row["setting"] for row in oblivious} == {"oblivious"}
-    # with no defense, crafting on the bare classifier is the same attack: identical outcomes
+    # with no defense, crafting on the bare classifier is the same algorithm; the adaptive run also
+    # stops at the first breaking iterate (its forward is the defense's decision), the oblivious one
+    # cannot (its forward is not the defense's) and scores the final iterate
+    assert {row["success"] for row in adaptive} == {"any"} and {row["success"] for row in oblivious} == {"final"}
+    # choosing the iterate by the defense's verdicts would use the defense: oblivious is always final
+    any_rule = PGDEOT(eps=EPS, steps=2, step_size=2 / 255, eot=1, success="any")
+    assert {row["success"] for row in rows(run(shard, resnet20, none, any_rule, setting="oblivious"))} == {"final"}
     for a, o in zip(adaptive, oblivious):
-        assert (a["adv_pred"], a["robust"], a["linf"]) == (o["adv_pred"], o["robust"], o["linf"])
+        assert not a["robust"] or o["robust"]  # never more robust with early exit
+        if a["robust"]:  # never broken: the same trajectory to the end
+            assert (a["adv_pred"], a["linf"]) == pytest.approx((o["adv_pred"], o["linf"]))
     # crafting never sees the (noisy) defense: the adversarial images do not depend on the seed,
     # while the adaptive attack, which sees the defense noise, does depend on it
     noisy = DEFENSES.create("noisy", sigma=0.1)
@@ -157,12 +176,15 @@ def test_noisy_defense_votes_and_seeds(shard, resnet20):
 
 
 def test_attack_outside_the_ball_is_refused(shard, resnet20):
-    class Cheat(PGDEOT):
+    class Cheat(Attack):  # only ``perturb``: the base ``run`` judges its output once
         def perturb(self, model, x, y, generator):
             return (x + 2 * self.eps).clamp(0, 1)
 
+        def budget(self, model=None):
+            return AttackBudget(steps=1, eot=1, restarts=1, success="final")
+
     with pytest.raises(RuntimeError, match="eps"):
-        run(shard, resnet20, DEFENSES.create("none"), Cheat(eps=EPS, steps=1))
+        run(shard, resnet20, DEFENSES.create("none"), Cheat(eps=EPS))
 
 
 def test_bf16_on_cpu_runs_the_same_code(shard, resnet20):

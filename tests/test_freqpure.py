@@ -10,6 +10,7 @@ from torch import nn
 
 from bench.rng import RngStream
 from defenses.defended import DefendedModel
+from defenses.diffusion.backbone import NoisePredictor
 from defenses.freqpure import FreqPure, amplitude_exchange, frequency_mask, phase_project, wrap_phase
 from tiny_diffusion import TinyEps
 
@@ -159,10 +160,14 @@ def test_defaults_and_bad_parameters():
     fp = FreqPure(backbone=TinyEps())
     assert (fp.d_a, fp.d_p, fp.delta, fp.phase_mode, fp.eta) == (3, 2, 0.2, "project", 1.0)
     assert fp.indices == list(range(99, -1, -1)) and fp.cost() == 100  # t* = 0.1: Algorithm 1's loop
-    with pytest.raises(ValueError, match="allowed: project, exchange"):
-        FreqPure(backbone=TinyEps(), phase_mode="clip")
-    with pytest.raises(ValueError, match="allowed: input"):
-        FreqPure(backbone=TinyEps(), reference="clean")
+    assert (fp.reference, fp.clamp_x0, fp.inverse, fp.reference_step) == ("input", False, "real", 50)
+    # ranges and choices come from the signature (the job validator reads the same annotations)
+    for bad, match in (({"phase_mode": "clip"}, "'project' or 'exchange'"), ({"reference": "clean"}, "'input' or 'denoised'"),
+                       ({"inverse": "imag"}, "'real' or 'abs'"), ({"delta": -0.1}, "delta"), ({"eta": 1.5}, "eta"),
+                       ({"d_a": -1.0}, "d_a"), ({"steps": 0}, "steps"), ({"surrogate_steps": 1e29}, "surrogate_steps"),
+                       ({"reference": "denoised", "reference_step": 5000}, "reference_step")):
+        with pytest.raises(ValueError, match=match):
+            FreqPure(backbone=TinyEps(), **bad)
     with pytest.raises(ValueError, match="t_star"):
         FreqPure(backbone=TinyEps(), t_star=2.5)
     with pytest.raises(ValueError, match="reverse steps"):
@@ -179,4 +184,94 @@ def test_checkpointing_changes_memory_not_gradients():
         x_in = x.clone().requires_grad_(True)
         out = fp.purify(x_in, torch.Generator().manual_seed(0))
         grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), x_in)[0])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+class OracleEps(NoisePredictor):
+    """The exact noise predictor when the data is one image ``x_star`` ([-1,1] scale): every one-step
+    x0 estimate is ``x_star``, whatever the noise and the step."""
+
+    def __init__(self, x_star: torch.Tensor) -> None:
+        super().__init__()
+        self.x_star, self.abar = x_star, self.schedule.alphas_cumprod()
+
+    def forward(self, x_t, t_label):
+        abar = self.abar[t_label.round().long()].to(x_t.dtype).view(-1, 1, 1, 1)
+        return (x_t - abar.sqrt() * self.x_star) / (1 - abar).sqrt()
+
+
+class ZeroEps(NoisePredictor):
+    def forward(self, x_t, t_label):
+        return torch.zeros_like(x_t)
+
+
+def test_denoised_reference_is_the_one_step_estimate_not_the_input():
+    """With every frequency exchanged, each x0 becomes the reference: the input under ``reference:
+    input`` (paper), the denoised estimate under ``denoised`` (released) — here exactly x_star, since
+    the oracle's one-step estimate of any noised input is x_star."""
+    gen = torch.Generator().manual_seed(8)
+    x_star = 0.3 + 0.4 * torch.rand(1, 3, H, W, generator=gen)
+    x = (x_star + 0.05 * torch.randn(2, 3, H, W, generator=gen)).clamp(0, 1)  # the input is NOT x_star
+    oracle = OracleEps(2 * x_star - 1)
+    full = dict(steps=4, d_a=H, d_p=H, phase_mode="exchange")
+    paper = FreqPure(backbone=oracle, **full).purify(x, torch.Generator().manual_seed(0))
+    released = FreqPure(backbone=oracle, reference="denoised", **full).purify(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(paper, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(released, x_star.expand_as(x), atol=1e-5, rtol=0)
+
+
+def test_denoised_reference_is_redrawn_at_every_step_with_the_step_50_noise_level():
+    """With a zero noise predictor the one-step estimate is the noised input rescaled:
+    ``x + 0.5 sqrt((1 - abar_50) / abar_50) z`` on the [0,1] scale (before the clamp); one fresh z
+    per reverse step."""
+    fp = FreqPure(backbone=ZeroEps(), steps=3, reference="denoised")
+    x = torch.full((4, 3, H, W), 0.5)
+    spectra = fp.reference_spectra(x, fp.indices, torch.Generator().manual_seed(1))
+    assert sorted(spectra) == sorted(fp.indices)
+    images = [torch.fft.ifft2(spec).real for spec in spectra.values()]
+    abar = float(fp.model.schedule.alphas_cumprod()[50])
+    expected_std = 0.5 * math.sqrt((1 - abar) / abar)
+    for img in images:
+        std = float((img - x).std())  # 3072 pixels; the clamp at [0, 1] is ~5 std away
+        assert abs(std - expected_std) < 0.05 * expected_std
+    assert not torch.allclose(images[0], images[1], atol=1e-3)  # redrawn per step
+    assert fp.cost() == 6 and fp.surrogate_cost() == 20  # one more network call per step
+
+
+def test_clamp_x0_and_abs_inverse_match_the_closed_form():
+    """DC-only amplitude exchange (d_a = 0, no phase edit) maps x0 to ``x0 - mean(x0) + mean(ref)``
+    per channel: check the released options against that closed form."""
+    gen = torch.Generator().manual_seed(9)
+    x0 = torch.rand(2, 3, H, W, generator=gen) * 1.6 - 0.3  # [0,1] scale, partly outside [0, 1]
+    ref = torch.rand(2, 3, H, W, generator=gen) * 0.1       # a dark reference: negative pixels appear
+
+    def closed_form(img):
+        return img - img.mean((-2, -1), keepdim=True) + ref.mean((-2, -1), keepdim=True)
+
+    def edited(**options):
+        fp = FreqPure(backbone=TinyEps(), steps=2, d_a=0, d_p=None, **options)
+        return (fp.edit(2 * x0 - 1, torch.fft.fft2(ref)) + 1) / 2
+
+    assert (closed_form(x0) < 0).any() and (closed_form(x0.clamp(0, 1)) < 0).any()
+    torch.testing.assert_close(edited(), closed_form(x0).clamp(0, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(edited(clamp_x0=True), closed_form(x0.clamp(0, 1)).clamp(0, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(edited(clamp_x0=True, inverse="abs"), closed_form(x0.clamp(0, 1)).abs().clamp(0, 1),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["full", "surrogate"])
+def test_released_mode_gradients_and_checkpointing(mode):
+    """The denoised reference is part of the graph (its network call is checkpointed, its noise drawn
+    outside): finite non-zero gradients, identical with and without checkpointing."""
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(10))
+    grads = []
+    for checkpointing in (True, False):
+        fp = FreqPure(backbone=TinyEps(), steps=3, surrogate_steps=2, reference="denoised", clamp_x0=True,
+                      inverse="abs", phase_mode="exchange", checkpointing=checkpointing)
+        x_in = x.clone().requires_grad_(True)
+        run = fp.purify if mode == "full" else fp.surrogate_purify
+        out = run(x_in, torch.Generator().manual_seed(0))
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+        grads.append(torch.autograd.grad(loss, x_in)[0])
+    assert torch.isfinite(grads[0]).all() and (grads[0].flatten(1).norm(dim=1) > 1e-6).all()
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

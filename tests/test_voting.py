@@ -9,7 +9,7 @@ from torch import nn
 import noisy_defense  # noqa: F401  (registers ``noisy``)
 from bench.registry import create_defense
 from bench.rng import RngStream
-from bench.voting import predict_with_votes
+from bench.voting import VoteJudge, as_k_votes, predict_with_votes
 from contract_cases import tiny_classifier
 from defenses.defended import DefendedModel
 
@@ -99,3 +99,17 @@ def test_bad_arguments():
         predict_with_votes(Scripted([1]), torch.zeros(1, 1, 2, 2), votes=1, num_classes=3)
     pred, counts = predict_with_votes(Scripted([]), torch.zeros(0, 1, 2, 2), votes=3, num_classes=4)
     assert pred.shape == (0,) and counts.shape == (0, 4)
+
+
+def test_vote_judge_is_the_k_vote_rule_with_counts_summing_to_k():
+    """The judge attacks receive: K votes of a stochastic model; one forward of a deterministic
+    model whose single vote stands for K (as the clean decision is recorded)."""
+    judge = VoteJudge(Scripted([1, 3, 2, 3, 1, 0]), votes=3)
+    pred, counts = judge(torch.zeros(2, 3, 4, 4))
+    assert pred.tolist() == [1, 3] and counts.tolist() == [[0, 2, 1, 0], [1, 0, 0, 2]]
+    deterministic = Scripted([2, 0], stochastic=False)
+    pred, counts = VoteJudge(deterministic, votes=5)(torch.zeros(2, 3, 4, 4))
+    assert pred.tolist() == [2, 0] and counts.tolist() == [[0, 0, 5, 0], [5, 0, 0, 0]]
+    assert deterministic.rows == 2  # asked once
+    with pytest.raises(RuntimeError, match="sum to"):
+        as_k_votes(torch.tensor([[1, 1], [2, 0]]), 3)

@@ -29,7 +29,8 @@ from torch.utils.checkpoint import checkpoint
 
 from defenses.diffusion.backbone import NoisePredictor
 
-X0Edit = Callable[[Tensor], Tensor]
+#: an edit of the x0 estimate at step index t: ``edit(x0, t) -> x0'`` (FreqPure)
+X0Edit = Callable[[Tensor, int], Tensor]
 
 
 def steps_from_t_star(t_star: float, num_steps: int, field: str = "t_star") -> int:
@@ -110,7 +111,7 @@ def _reverse_step(
     eps = predict_eps(model, x, t)
     x0 = (x - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
     if edit_x0 is not None:
-        x0 = edit_x0(x0)
+        x0 = edit_x0(x0, t)
     x_prev = math.sqrt(abar_prev) * x0 + c2 * eps
     return x_prev if z is None else x_prev + c1 * z
 
@@ -132,7 +133,9 @@ def reverse_loop(
         indices: Descending step indices (``strided_indices``).
         eta: 1 = ancestral (DDPM posterior noise), 0 = deterministic DDIM.
         generator: Source of every step's noise.
-        edit_x0: Optional edit of the x0 estimate (FreqPure); the step reuses the unedited eps.
+        edit_x0: Optional edit ``edit_x0(x0, t)`` of the x0 estimate at step index ``t`` (FreqPure);
+            the step reuses the unedited eps. It runs inside the step's checkpoint, so any randomness
+            it needs must be drawn before the loop.
         use_checkpoint: When a graph is built, checkpoint each whole step (network, edit, update):
             only the step's input and noise are kept and the rest is recomputed in the backward
             pass, so ``full`` gradients through ~100 steps of large EOT batches fit in memory. The
