@@ -124,5 +124,5 @@ def test_bad_values_fail_with_the_declared_allowed_values():
         DEFENSES.create("lowpass", mask="hexagon")
     with pytest.raises(PluginError, match="parameter 'cutoff' expects float in \\(0, 1,024\\].*got -3"):
         DEFENSES.create("lowpass", cutoff=-3)
-    with pytest.raises(ValueError, match="norm 'L3'"):
+    with pytest.raises(ValueError, match="'norm' expects 'Linf' \\| 'L2'.*got 'L3'"):
         ATTACKS.create("pgd-eot", norm="L3")

@@ -114,10 +114,13 @@ class Probe:
         return str(self.entry["type"])
 
     def param(self, key: str) -> Any:
-        """The probe's value of ``key``: as the entry says, else the attack's default."""
+        """The probe's value of ``key``: as the entry says, else what the built attack resolved its
+        default to (e.g. ``step_size: None`` becomes the attack's step for its norm), else the default."""
         if key in self.entry:
             return self.entry[key]
-        return ATTACKS.parameters(self.type)[key].default
+        accepted = ATTACKS.parameters(self.type)
+        built = ATTACKS.create(self.type, **{k: v for k, v in self.entry.items() if k in accepted})
+        return getattr(built, key, accepted[key].default)
 
 
 @dataclass(frozen=True)
