@@ -3,7 +3,8 @@
 A sweep takes a job and one or more parameters with their values, e.g.
 ``defenses.lp.cutoff=4,8,12,16,20`` (a defense or attack is addressed by its cell name; other fields by
 their dotted path: ``votes``, ``threat.eps``). Each Ray Tune trial is one assignment of values: the job
-with those values is an ordinary job (its run is named ``<job>.<assignment>``), expanded into
+with those values is an ordinary job (its run is named ``<job>.<assignment>`` and is derived from
+``<job>``: ``derived_from``, so it is never "the latest run"), expanded into
 ordinary tasks and run through ``bench.scheduler.submit`` into the same results directory as any
 run — so a repeated or extended sweep resumes and re-uses every finished task, and ``bench status`` /
 ``bench leaderboard`` work on every trial. When every parameter addresses a defense, the trial jobs
@@ -125,11 +126,13 @@ def trial_name(base: str, assignment: dict[str, Any]) -> str:
 
 
 def trial_job(spec: Any, params: Sequence[SweepParam], assignment: dict[str, Any]) -> dict[str, Any]:
-    """The job dict of one trial: the values set, named after them, reduced to the swept defenses."""
+    """The job dict of one trial: the values set, named after them, reduced to the swept defenses,
+    ``derived_from`` the swept job."""
     job = raw_job(spec)
     for p in params:
         _set(job, spec, p, assignment[p.name])
     job["name"] = trial_name(spec.name, assignment)
+    job["derived_from"] = spec.name  # not "the latest run" for commands without a RUN
     swept = {p.path[1] for p in params if p.path[0] == "defenses"}
     if swept and all(p.path[0] == "defenses" for p in params):
         job["defenses"] = [e for e in job["defenses"] if not isinstance(e, dict) or _cell_name("defenses", e, spec) in swept]

@@ -38,6 +38,31 @@ def test_parse_param_and_trial_jobs():
         parse_param("defenses.lp.cutoff")
 
 
+def test_trial_runs_are_derived_and_never_the_latest_run(tmp_path):
+    """A trial run, submitted through the ordinary path, records ``derived_from`` in its version;
+    status/leaderboard without a RUN then show the swept job, and status lists the trial under it."""
+    from click.testing import CliRunner
+    from fake_tasks import fake_run_task, make_tasks
+
+    from bench.cli import main
+    from bench.scheduler import SerialBackend, submit
+
+    store = ResultStore(tmp_path)
+    spec = _spec()
+    submit(spec.name, spec, make_tasks(run=spec.name, n=2), store, SerialBackend(fn=fake_run_task), progress=False)
+    trial = parse_job(trial_job(spec, [parse_param("defenses.lp.cutoff=8")], {"defenses.lp.cutoff": 8}), "sw.yaml")
+    assert trial.derived_from == "sw" and trial.record()["derived_from"] == "sw"
+    submit(trial.name, trial, make_tasks(run=trial.name, n=2), store, SerialBackend(fn=fake_run_task), progress=False)
+    assert store.versions("sw.cutoff-8")[-1].spec["derived_from"] == "sw"
+    assert store.runs()[-1] == "sw.cutoff-8" and store.latest_run() == "sw"
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", "--results", str(tmp_path)])
+    assert status.exit_code == 0 and status.output.startswith("run sw "), status.output
+    assert "derived runs (bench audit / bench sweep): sw.cutoff-8" in status.output
+    board = runner.invoke(main, ["leaderboard", "--results", str(tmp_path)])
+    assert board.exit_code == 0 and board.output.startswith("### sw:"), board.output
+
+
 @pytest.mark.slow
 def test_sweep_runs_trials_as_ordinary_runs(tmp_path, ray_cluster, data_dir):
     spec = _spec()
