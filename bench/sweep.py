@@ -73,30 +73,15 @@ def parse_param(text: str) -> SweepParam:
     return SweepParam(parts, parsed)
 
 
-def _flatten(entry: Any) -> Any:
-    """A model_dump entry back into job-file form: ``params`` merged into the entry."""
-    if isinstance(entry, dict):
-        out = {k: _flatten(v) for k, v in entry.items() if k != "params"}
-        out.update({k: _flatten(v) for k, v in (entry.get("params") or {}).items()})
-        return out
-    if isinstance(entry, list):
-        return [_flatten(v) for v in entry]
-    return entry
-
-
 def raw_job(spec: Any) -> dict[str, Any]:
-    """The job as a job-file dict (what ``bench.spec.parse_job`` reads), from a loaded ``JobSpec``."""
-    data = spec.model_dump(mode="json", exclude_none=True)
-    return {key: _flatten(value) for key, value in data.items()}
+    """The job as written (``JobSpec.record()``: what ``bench.spec.parse_job`` reads, ``base:`` files
+    merged, ``${VAR}`` references unexpanded, so a trial's recorded spec holds no expanded value)."""
+    return spec.record()
 
 
-def _cell_name(section: str, entry: dict[str, Any], spec: Any) -> str:
-    """The cell name of a raw defense/attack entry (explicit ``name`` or the spec's default rule)."""
-    if "name" in entry:
-        return str(entry["name"])
-    entries = getattr(spec, section)
-    index = next(i for i, e in enumerate(entries) if e.type == entry.get("type") and e.name is None)
-    return entries[index].default_name()
+def _cell_names(spec: Any, section: str) -> list[str]:
+    """The cell names of a section, in file order (the order of the job's entries)."""
+    return [entry.default_name() for entry in getattr(spec, section)]
 
 
 def _set(job: dict[str, Any], spec: Any, param: SweepParam, value: Any) -> None:
@@ -105,12 +90,13 @@ def _set(job: dict[str, Any], spec: Any, param: SweepParam, value: Any) -> None:
         if len(rest) != 2:
             raise SweepError(f"--param {param.name}: use {head}.<cell name>.<parameter>")
         cell, key = rest
-        for entry in job.get(head, []):
-            if isinstance(entry, dict) and _cell_name(head, entry, spec) == cell:
-                entry[key] = value
-                return
-        names = [_cell_name(head, e, spec) for e in job.get(head, []) if isinstance(e, dict)]
-        raise SweepError(f"--param {param.name}: no {head[:-1]} cell {cell!r}; cells: {', '.join(names)}")
+        names = _cell_names(spec, head)
+        if cell not in names:
+            raise SweepError(f"--param {param.name}: no {head[:-1]} cell {cell!r}; cells: {', '.join(names)}")
+        i = names.index(cell)
+        entry = job[head][i]
+        job[head][i] = {**({"type": entry} if isinstance(entry, str) else entry), key: value}  # `- lowpass` too
+        return
     node = job
     for key in param.path[:-1]:
         if not isinstance(node.get(key), dict):
@@ -135,7 +121,7 @@ def trial_job(spec: Any, params: Sequence[SweepParam], assignment: dict[str, Any
     job["derived_from"] = spec.name  # not "the latest run" for commands without a RUN
     swept = {p.path[1] for p in params if p.path[0] == "defenses"}
     if swept and all(p.path[0] == "defenses" for p in params):
-        job["defenses"] = [e for e in job["defenses"] if not isinstance(e, dict) or _cell_name("defenses", e, spec) in swept]
+        job["defenses"] = [e for e, name in zip(job["defenses"], _cell_names(spec, "defenses")) if name in swept]
     return job
 
 

@@ -38,6 +38,17 @@ def test_parse_param_and_trial_jobs():
         parse_param("defenses.lp.cutoff")
 
 
+def test_trial_jobs_are_the_job_as_written(monkeypatch):
+    """A trial is the job as written (``JobSpec.record()``) with the swept values set: ``${VAR}``
+    references stay unexpanded (the store records the trial's spec; README Security), and a defense
+    written as a bare type name can be swept."""
+    monkeypatch.setenv("BENCH_TEST_VOTES", "1")
+    job = {**copy.deepcopy(JOB), "votes": "${BENCH_TEST_VOTES}", "defenses": ["none", "lowpass"]}
+    trial = trial_job(parse_job(job, "sw.yaml"), [parse_param("defenses.lowpass.cutoff=8")], {"defenses.lowpass.cutoff": 8})
+    assert trial["votes"] == "${BENCH_TEST_VOTES}" and trial["defenses"] == [{"type": "lowpass", "cutoff": 8}]
+    assert parse_job(trial, "sw.yaml").votes == 1
+
+
 def test_trial_runs_are_derived_and_never_the_latest_run(tmp_path):
     """A trial run, submitted through the ordinary path, records ``derived_from`` in its version;
     status/leaderboard without a RUN then show the swept job, and status lists the trial under it."""
