@@ -13,9 +13,10 @@ keep only those defenses (the other cells would not change with the parameter).
 Search: ``grid`` (every combination, ``tune.grid_search``) or ``random`` (``num_samples`` draws,
 ``tune.choice``). Each trial reports its accuracies to Tune; the driver then writes a Markdown table
 and a PNG plot of clean and robust accuracy against the (first) parameter under
-``<results>/sweeps/<job>/``. Robust accuracy here is the worst case over the job's attacks per
-(image, seed): an image counts as robust only if it survived every attack (adaptive and oblivious
-attacks together), averaged over images and seeds.
+``<results>/sweeps/<job>/``, one row per trial, defense and threat model. Robust accuracy is the
+leaderboard's worst case within one threat model (dataset, classifier, norm, eps, setting): an
+(image, seed) counts as robust only if it survived every attack of that threat model, averaged over
+images and seeds; oblivious and adaptive attacks, or attacks at different eps, are never mixed.
 
 Ray Tune drives the trials as actors that use no CPU of their own (``tune.with_resources``: 0 CPUs, 1 byte);
 their tasks take the job's ``resources`` like any run, so Ray's scheduler shares the cluster between
@@ -127,17 +128,32 @@ def trial_job(spec: Any, params: Sequence[SweepParam], assignment: dict[str, Any
 
 # -- one trial ---------------------------------------------------------------------------------------
 def accuracies(rows: Any) -> list[dict[str, Any]]:
-    """Clean and worst-case robust accuracy per defense from a run's rows (pandas DataFrame).
+    """Clean and robust accuracy per defense and threat model from a run's rows (pandas DataFrame).
 
-    Clean: mean of ``clean_correct`` over (image, seed). Robust: an (image, seed) is robust only if
-    it is robust under every attack cell of the defense; the mean over (image, seed).
+    The leaderboard's worst case (``bench.leaderboard.worst_case_records``): within one threat model
+    (dataset, split, classifier, norm, eps, setting), an (image, seed) is robust only if it is robust
+    under every attack of that threat model; accuracies are means over (image, seed). Threat models
+    are never mixed: a job with oblivious and adaptive attacks, or attacks at another eps, gives one
+    entry per threat model. Clean-only cells give clean accuracy (robust NaN).
     """
+    import math
+
+    from bench.leaderboard import CLEAN_SETTING, THREAT_MODEL, sample_records, worst_case_records
+    from bench.render import format_eps
+
+    group = [*THREAT_MODEL, "defense"]
+    records = sample_records(rows)
+    attacks = {key: sorted(g["attack"].unique().tolist()) for key, g in records.groupby(group, sort=False)}
+    clean_cells = records[records["setting"] == CLEAN_SETTING].assign(robust=math.nan)
     out = []
-    for defense, g in rows.groupby("defense", sort=False):
-        per_sample = g.groupby(["seed", "image_id"]).agg(clean=("clean_correct", "all"), robust=("robust", "all"))
-        out.append({"defense": defense, "clean": float(per_sample["clean"].mean()),
-                    "robust": float(per_sample["robust"].mean()), "images": int(g["image_id"].nunique()),
-                    "seeds": int(g["seed"].nunique()), "attacks": sorted(g["attack"].unique().tolist())})
+    for frame in (worst_case_records(records), clean_cells):
+        for key, g in frame.groupby(group, sort=False):
+            tm = dict(zip(THREAT_MODEL, key))
+            threat = ("clean" if tm["setting"] == CLEAN_SETTING else
+                      f"{tm['norm']} {format_eps(tm['eps'], tm['norm'])} {tm['setting']}")
+            out.append({"defense": key[-1], "threat": threat, "clean": float(g["clean"].mean()),
+                        "robust": float(g["robust"].mean()), "images": int(g["image_id"].nunique()),
+                        "seeds": int(g["seed"].nunique()), "attacks": attacks[key]})
     return out
 
 
@@ -254,7 +270,7 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
         assignment = {p.name: result.config[p.name] for p in params}
         for acc in json.loads(result.metrics["accuracies"]):
             rows.append({**assignment, "run": result.metrics["run"], **acc})
-    rows.sort(key=lambda r: tuple(_sort_key(r[p.name]) for p in params) + (r["defense"],))
+    rows.sort(key=lambda r: tuple(_sort_key(r[p.name]) for p in params) + (r["defense"], r["threat"]))
     return SweepResult(params=list(params), rows=rows)
 
 
@@ -272,17 +288,22 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 def render_table(result: SweepResult) -> str:
     """Markdown: one row per trial and defense, accuracies in percent."""
     names = [p.name for p in result.params]
-    head = [*names, "defense", "clean acc.", "robust acc. (worst case over attacks)", "images x seeds", "run"]
+    head = [*names, "defense", "threat model", "clean acc.", "robust acc. (worst case over its attacks)",
+            "images x seeds", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result.rows:
-        lines.append("| " + " | ".join([*(str(r[n]) for n in names), r["defense"], f"{100 * r['clean']:.1f}%",
-                                        f"{100 * r['robust']:.1f}%", f"{r['images']} x {r['seeds']}", r["run"]]) + " |")
+        robust = "" if r["robust"] != r["robust"] else f"{100 * r['robust']:.1f}%"  # NaN: clean-only cell
+        lines.append("| " + " | ".join([*(str(r[n]) for n in names), r["defense"], r["threat"], f"{100 * r['clean']:.1f}%",
+                                        robust, f"{r['images']} x {r['seeds']}", r["run"]]) + " |")
     attacks = sorted({a for r in result.rows for a in r["attacks"]})
-    return "\n".join(lines) + f"\n\nAttacks: {', '.join(attacks)}. Each row is the ordinary run named in the last column.\n"
+    return ("\n".join(lines) + f"\n\nAttacks: {', '.join(attacks)}. Robust accuracy is the worst case over the attacks "
+            "of one threat model (dataset, classifier, norm, eps, setting), never across threat models. Each row is "
+            "the ordinary run named in the last column.\n")
 
 
 def plot(result: SweepResult, path: Path) -> Path:
-    """PNG: clean (solid) and robust (dashed) accuracy against the first parameter, one colour per defense."""
+    """PNG: clean (solid) and robust (dashed) accuracy against the first parameter, one colour per
+    defense and threat model (eps left out of the label when it is the swept parameter)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -290,12 +311,17 @@ def plot(result: SweepResult, path: Path) -> Path:
 
     x_name = result.params[0].name
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for i, defense in enumerate(dict.fromkeys(r["defense"] for r in result.rows)):
-        pts = [r for r in result.rows if r["defense"] == defense]
+    def line(r: dict[str, Any]) -> str:
+        threat = r["threat"].split(" ")
+        shown = [threat[0], *threat[2:]] if x_name == "threat.eps" and len(threat) == 3 else threat
+        return f"{r['defense']} ({' '.join(shown)})"
+
+    for i, label in enumerate(dict.fromkeys(line(r) for r in result.rows)):
+        pts = [r for r in result.rows if line(r) == label]
         xs = [r[x_name] for r in pts]
         color = f"C{i}"
-        ax.plot(xs, [100 * r["clean"] for r in pts], "o-", color=color, label=f"{defense}: clean")
-        ax.plot(xs, [100 * r["robust"] for r in pts], "s--", color=color, label=f"{defense}: robust")
+        ax.plot(xs, [100 * r["clean"] for r in pts], "o-", color=color, label=f"{label}: clean")
+        ax.plot(xs, [100 * r["robust"] for r in pts], "s--", color=color, label=f"{label}: robust")
     ax.set_xlabel(x_name)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)

@@ -38,6 +38,23 @@ def test_parse_param_and_trial_jobs():
         parse_param("defenses.lp.cutoff")
 
 
+def test_trial_accuracies_never_mix_threat_models():
+    """A trial with an adaptive attack, an oblivious one and an attack at another eps: one entry per
+    threat model, each the worst case over its own attacks only (the leaderboard's rule)."""
+    from result_rows import cell_rows, frame
+
+    from bench.sweep import accuracies
+
+    rows = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0]), cell_rows("lp", "pgd2", 0, [1, 0, 1, 0]),
+                 cell_rows("lp", "pgd-obl", 0, [0, 0, 0, 0], setting="oblivious"),
+                 cell_rows("lp", "pgd16", 0, [1, 1, 1, 0], eps=16 / 255))
+    found = {a["threat"]: (a["robust"], a["attacks"]) for a in accuracies(rows)}
+    assert found == {"Linf 8/255 adaptive": (0.25, ["pgd", "pgd2"]), "Linf 8/255 oblivious": (0.0, ["pgd-obl"]),
+                     "Linf 16/255 adaptive": (0.75, ["pgd16"])}
+    clean_only = accuracies(frame(cell_rows("lp", "clean", 0, [1, 0, 1, 1], setting="clean")))
+    assert [(a["threat"], a["clean"]) for a in clean_only] == [("clean", 0.75)] and clean_only[0]["robust"] != clean_only[0]["robust"]
+
+
 def test_trial_jobs_are_the_job_as_written(monkeypatch):
     """A trial is the job as written (``JobSpec.record()``) with the swept values set: ``${VAR}``
     references stay unexpanded (the store records the trial's spec; README Security), and a defense
