@@ -3,7 +3,7 @@
     >>> from bench import api
     >>> api.submit("jobs/demo.yaml", results="results")        # SubmitReport: tasks run now, failed, ...
     >>> rows = api.load("demo", results="results")             # pandas.DataFrame, one row per sample
-    >>> table = api.leaderboard(["demo"], results="results")   # one row per defense x attack (+ worst case)
+    >>> table = api.leaderboard(["demo"], results="results")   # per threat model: defense x attack, worst cases
     >>> api.report(["demo"], "results/report", results="results")   # -> Path of report/index.html
 
 ``submit`` does what ``bench submit`` does (the CLI calls it): load and validate the job, get its

@@ -9,7 +9,7 @@ A job needs, from the catalogue (``bench.artifacts.catalogue``):
   the layout's weights folder (``--model-dir``, or ``<data dir>/weights``), where the loader looks.
 
 Everything else a job reads (user checkpoints, RobustBench zoo files, diffusion backbones) is checked
-by building it once on the driver (``bench/cli/run.py``), not fetched from the catalogue.
+by building it once on the driver (``bench.api.submit``), not fetched from the catalogue.
 
 Where this runs: on the driver, before submission, never in a Ray worker, so a cluster of many nodes
 does not download the same files many times. The driver sees the files the workers read when it runs
