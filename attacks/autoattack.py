@@ -13,7 +13,8 @@ returned point with ONE noisy forward, returning the unchanged clean image for e
 not flag. There, every APGD component runs on every sample still standing (all clean-correct ones
 at first), its best-loss point (``APGDAttack.attack_single_run``) is judged by the K-vote judge of
 the real defense, and a sample is robust only if it survives every component (success rule
-``best-loss``). FAB and Square decide by single forwards inside their loops and are refused there.
+``best-loss``). FAB, FAB-T and Square decide by single forwards inside their loops and are refused
+there: by the job validator when the job is loaded (``stochastic_problem``), and by ``run``.
 
 pyautoattack 0.2.0 facts relied on: keyword-only constructor (``attacks=``, ``batch_size=``),
 ``run_standard_evaluation`` returns ``(x_adv, y_adv)``, device defaults to CPU and eps to 0.3 (we
@@ -31,20 +32,40 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
-from attacks.base import Attack, AttackBudget, AttackOutcome, Draws, Eps, Judge, Norm, Steps, eval_mode, is_oblivious, is_stochastic, validated
+from attacks.base import Attack, AttackBudget, AttackOutcome, Draws, Eps, Judge, Norm, Steps, eval_mode, is_oblivious, is_stochastic
 from attacks.decisions import Decisions
 from attacks.pyautoattack_calls import best_loss_point, rebuild_apgd, seed_from
+from bench.params import Rule, param_rules, validated
 from bench.registry import ATTACKS
 
 __all__ = ["AutoAttackRand", "seed_from"]
 
 VERSIONS = ("rand", "standard", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
-#: components that run under the K-vote judge on a stochastic defense
+#: the components pyautoattack 0.2.0 runs for each fixed version
+VERSION_COMPONENTS = {"rand": ("apgd-ce", "apgd-dlr"), "standard": ("apgd-ce", "apgd-t", "fab-t", "square")}
+#: components that run under the K-vote judge on a stochastic defense (FAB, FAB-T and Square decide
+#: success by single forwards inside their loops)
 APGD_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t")
 
 
+def single_forward_problem(components: list[str] | tuple[str, ...]) -> str | None:
+    """Why ``components`` cannot run on a stochastic defense (they decide by single forwards), or None."""
+    refused = [c for c in components if c not in APGD_COMPONENTS]
+    if not refused:
+        return None
+    return (f"AutoAttack component(s) {', '.join(map(repr, refused))} decide success by single forwards, valid only "
+            f"for deterministic defenses; use version: rand or a custom list from {', '.join(APGD_COMPONENTS)}")
+
+
 @ATTACKS.register("autoattack")
+@param_rules(
+    Rule(("attacks", "version"), lambda attacks, version: None if (version == "custom") == (attacks is not None)
+         else f"give `attacks` exactly when version is 'custom' (version {version!r}, attacks {attacks!r})",
+         text="attacks exactly when version: custom"),
+    Rule(("attacks",), lambda attacks: None if attacks is None or attacks else
+         f"give at least one of {', '.join(AA_ATTACKS)}", text="attacks: at least one"),
+)
 class AutoAttackRand(Attack):
     """pyautoattack's ``AutoAttack`` with the seed from our generator and the inputs' device.
 
@@ -70,10 +91,6 @@ class AutoAttackRand(Attack):
                  n_iter: Steps | None = None, eot_iter: Draws | None = None, restarts: Draws | None = None,
                  n_queries: Steps | None = None, batch_size: Draws = 250) -> None:
         super().__init__(norm=norm, eps=eps)
-        if (version == "custom") != (attacks is not None):
-            raise ValueError("autoattack: give `attacks` exactly when version is 'custom'")
-        if attacks is not None and not attacks:
-            raise ValueError(f"autoattack attacks: give at least one of {AA_ATTACKS}")
         self.version, self.attacks = version, (list(attacks) if attacks is not None else None)
         self.n_iter, self.eot_iter, self.restarts, self.n_queries = n_iter, eot_iter, restarts, n_queries
         self.batch_size = batch_size
@@ -92,6 +109,15 @@ class AutoAttackRand(Attack):
         if is_stochastic(model):
             return "best-loss"
         return "final" if is_oblivious(model) else "any"
+
+    @classmethod
+    def stochastic_problem(cls, params: dict[str, Any]) -> str | None:
+        """``standard`` and custom lists with FAB, FAB-T or Square: refused (module docstring)."""
+        version = params.get("version", "rand")
+        if version == "standard":
+            return "AutoAttack version 'standard' is valid only for deterministic defenses; use version: rand"
+        attacks = params.get("attacks") if version == "custom" else VERSION_COMPONENTS.get(version)
+        return single_forward_problem(attacks) if isinstance(attacks, (list, tuple)) else None
 
     def build(self, model: nn.Module, seed: int, device: torch.device) -> Any:
         """The configured pyautoattack ``AutoAttack`` object (exposed for tests and debugging)."""
@@ -149,10 +175,10 @@ class AutoAttackRand(Attack):
 
     def _judged_components(self, aa: Any, seed: int, x: Tensor, y: Tensor, judge: Judge) -> AttackOutcome:
         book = Decisions(x, y, judge)
+        problem = single_forward_problem(aa.attacks_to_run)
+        if problem:  # the job validator refuses this configuration; a direct call gets the same words
+            raise ValueError(f"on a stochastic defense: {problem}")
         for component in aa.attacks_to_run:
-            if component not in APGD_COMPONENTS:
-                raise ValueError(f"autoattack component {component!r} decides success by single forwards; on a stochastic "
-                                 f"defense use version: rand or a custom list from {APGD_COMPONENTS}")
             apgd = aa.apgd_targeted if component == "apgd-t" else aa.apgd
             targets = range(2, apgd.n_target_classes + 2) if component == "apgd-t" else [0]
             torch.manual_seed(seed)  # as the library seeds each component

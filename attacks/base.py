@@ -19,23 +19,22 @@ Two entry points:
 
 Parameter ranges are declared in the constructor signatures with pydantic (:data:`Steps`,
 :data:`Eps`, ...): ``bench.spec`` validates job files against them before anything is built, and
-``bench.validated.validated`` checks the same annotations when the constructor is called from Python.
+``bench.params.validated`` checks the same declarations when the constructor is called from Python.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Callable, ClassVar, Iterator, Literal
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from bench.registry import ATTACKS
-from bench.validated import validated
 
-__all__ = ["Attack", "AttackBudget", "AttackOutcome", "Judge", "validated"]
+__all__ = ["Attack", "AttackBudget", "AttackOutcome", "Judge"]
 
 NORMS = ("Linf", "L2")
 
@@ -164,6 +163,14 @@ class Attack:
         """The success rule ``run`` applies on ``model`` (the rows' ``success``); by default the
         configured one, ``budget().success``."""
         return self.budget().success
+
+    @classmethod
+    def stochastic_problem(cls, params: dict[str, Any]) -> str | None:
+        """Why the configuration ``params`` (as a job gives them; nothing is built) cannot attack a
+        stochastic defense in the adaptive setting, or None. The job validator asks it for every
+        stochastic defense cell the attack meets, so a protocol violation is refused at load time
+        instead of failing in every task (AutoAttack's single-forward components)."""
+        return None
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Project onto the eps-ball around ``x`` and onto the [0,1] box."""

@@ -22,8 +22,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from attacks.base import AttackOutcome, Draws, Eps, Judge, Norm, Steps, StepSize, validated
+from attacks.base import AttackOutcome, Draws, Eps, Judge, Norm, Steps, StepSize
 from attacks.eot import EOTGradientAttack
+from bench.params import validated
 from bench.registry import ATTACKS
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from attacks.base import Draws, Eps, Norm, Steps, StepSize, validated
+from attacks.base import Draws, Eps, Norm, Steps, StepSize
 from attacks.eot import TARGET_IMAGES_PER_FORWARD, EOTGradientAttack, copies_per_forward, eot_gradient
+from bench.params import validated
 from bench.registry import ATTACKS
 
 __all__ = ["PGDEOT", "TARGET_IMAGES_PER_FORWARD", "copies_per_forward", "eot_gradient"]

@@ -3,7 +3,7 @@
     >>> from bench import api
     >>> api.submit("jobs/demo.yaml", results="results")        # SubmitReport: tasks run now, failed, ...
     >>> rows = api.load("demo", results="results")             # pandas.DataFrame, one row per sample
-    >>> table = api.leaderboard(["demo"], results="results")   # one row per defense x attack (+ worst case)
+    >>> table = api.leaderboard(["demo"], results="results")   # per threat model: defense x attack, worst cases
     >>> api.report(["demo"], "results/report", results="results")   # -> Path of report/index.html
 
 ``submit`` does what ``bench submit`` does (the CLI calls it): load and validate the job, get its
@@ -27,8 +27,8 @@ import pandas as pd
 from bench import leaderboard as _lb
 
 if TYPE_CHECKING:
-    from bench.artifacts import Catalogue
-    from bench.fetch_policy import FetchOptions
+    from bench.artifacts.catalogue import Catalogue
+    from bench.artifacts.policy import FetchOptions
     from bench.scheduler import SubmitReport
     from bench.spec import JobSpec
     from bench.tasks import Task
@@ -86,8 +86,8 @@ def submit(job: str | os.PathLike, *, results: str | Path = "results", address: 
         bench.spec.JobSpecError, bench.store.StoreError, bench.scheduler.SchedulerError,
         FileNotFoundError (missing data offline): bad input, exit code 2 in the CLI.
     """
-    from bench.fetch_policy import FetchOptions
-    from bench.job_data import driver_sees_cluster_files
+    from bench.artifacts.job import driver_sees_cluster_files
+    from bench.artifacts.policy import FetchOptions
     from bench.scheduler import job_metadata, make_backend
     from bench.scheduler import submit as run_tasks
     from bench.spec import load_job
@@ -122,9 +122,9 @@ def _prepare_data(spec: "JobSpec", tasks: "list[Task]", data_dir: str | None, mo
     On this process, never in a Ray worker (so many nodes do not download the same files): fetch the
     catalogue files the job reads (offline: list the missing ones), read one image of each dataset
     config and build the classifier once, so missing or corrupt files fail here rather than in every
-    task. Skipped for a ``ray://`` client, whose files are not the cluster's (``bench.job_data``).
+    task. Skipped for a ``ray://`` client, whose files are not the cluster's (``bench.artifacts.job``).
     """
-    from bench.job_data import driver_sees_cluster_files
+    from bench.artifacts.job import driver_sees_cluster_files
 
     if not tasks:
         return
@@ -132,9 +132,9 @@ def _prepare_data(spec: "JobSpec", tasks: "list[Task]", data_dir: str | None, mo
         log("ray:// client: the data on this machine is not what the cluster reads, so it is neither checked nor "
             "fetched here; fetch it on the cluster first (`ray job submit -- bench data fetch --job JOB`)")
         return
+    from bench.artifacts.job import classifier_model_dir, job_needs, prepare
+    from bench.artifacts.layout import DataLayout
     from bench.classifiers import load_classifier
-    from bench.data_layout import DataLayout
-    from bench.job_data import classifier_model_dir, job_needs, prepare
     from bench.tasks import canonical_json
     from bench.worker import build_dataset
 

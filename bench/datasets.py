@@ -86,13 +86,13 @@ class CIFAR10:
        ``batches.meta``).
 
     ``bench data fetch --what cifar10`` (or ``download=True``) installs both from the official archive
-    (``bench.fetch``), unless downloads are off (``BENCH_OFFLINE=1``).
+    (``bench.artifacts.install``), unless downloads are off (``BENCH_OFFLINE=1``).
 
     Args:
         root: Data directory; default None -> :func:`data_dir` (``$BENCH_DATA_DIR`` or
             ``~/.cache/bench/data``).
         split: ``"test"`` (default) or ``"train"``.
-        download: Fetch the official archive into ``root`` (verified, through ``bench.fetch``) when the
+        download: Fetch the official archive into ``root`` (verified, through ``bench.artifacts.install``) when the
             split is missing or does not verify; ignored offline (``BENCH_OFFLINE=1``). Default False.
 
     Example:
@@ -147,11 +147,11 @@ class CIFAR10:
 
     def _fetch(self) -> None:
         """Install the official release into ``root`` unless the split is there and verified
-        (``bench.fetch``: verified, atomic, retried; the offline rule wins over ``download``)."""
-        from bench.artifacts import default_catalogue
-        from bench.data_layout import DataLayout, inspect
-        from bench.fetch import install
-        from bench.fetch_policy import FetchOptions
+        (``bench.artifacts.install``: verified, atomic, retried; the offline rule wins over ``download``)."""
+        from bench.artifacts.catalogue import default_catalogue
+        from bench.artifacts.install import install
+        from bench.artifacts.layout import DataLayout, inspect
+        from bench.artifacts.policy import FetchOptions
 
         artifact = default_catalogue().get("cifar10")
         layout = DataLayout(self.root, self.root / "weights")

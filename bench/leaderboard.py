@@ -125,7 +125,7 @@ def default_reference(rows: pd.DataFrame) -> str | None:
 
 
 # -- per-sample records ------------------------------------------------------------------------------
-def _records(rows: pd.DataFrame) -> pd.DataFrame:
+def sample_records(rows: pd.DataFrame) -> pd.DataFrame:
     """One record per (threat model, defense, attack, seed, image): clean, robust (NaN for clean cells), cost."""
     out = rows[[*_KEY, *_SAMPLE, "clean_correct", "robust", "net_evals", "seconds"]].rename(
         columns={"clean_correct": "clean"})
@@ -271,7 +271,7 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
         return pd.DataFrame(columns=COLUMNS)
     check_reference(rows, reference)
     rows = labelled(rows)
-    records = _records(rows)
+    records = sample_records(rows)
     records = pd.concat([records, worst_case_records(records)], ignore_index=True)
     by_cell = dict(iter(records.groupby(_KEY, sort=False, dropna=False)))
     cells = dict(iter(rows.groupby(_KEY, sort=False, dropna=False)))

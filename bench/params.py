@@ -13,10 +13,12 @@ and the rules that relate several parameters (and need no model) with :func:`par
                       None if steps is None or solver == "ddpm" else "steps applies to solver: ddpm only"))
     class DiffPure(Defense): ...
 
-The same declarations serve three readers, so they cannot disagree: the job validator
+The same declarations serve four readers, so they cannot disagree: the job validator
 (``bench.spec``: every value checked before anything runs, strictly — ``"10"`` is not an int, ``true``
-is not a number), :meth:`bench.registry.Registry.create` (the Python API) and ``bench list ...
---describe`` (types, defaults and allowed ranges as text).
+is not a number), :meth:`bench.registry.Registry.create` (the Python API), the constructor itself when
+decorated with :func:`validated` (a plugin built directly from Python), and ``bench list ...
+--describe`` (types, defaults and allowed ranges as text). The first three report a problem in one
+format (:func:`parameter_problems`): the plugin, the parameter, what is allowed and the value.
 
 :data:`ExistingFile` / :data:`ExistingDir` mark a string parameter that names a path which must exist
 when the job is loaded on the machine that runs it (checked by the validator unless file checks are
@@ -31,13 +33,14 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal, TypeVar, Union
 
 import annotated_types as at
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 EMPTY = inspect.Parameter.empty
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -210,10 +213,16 @@ def parameter_problems(obj: Any, params: dict[str, Any], *, check_files: bool = 
     Returns:
         ``[(parameter, message)]``; the message names the plugin, what is allowed and the value.
     """
-    declared = {p.name: p for p in declared_parameters(obj)}
+    who = f"{kind} {name!r}" if name else ""
+    return _problems(declared_parameters(obj), rules_of(obj), params, check_files=check_files, who=who)
+
+
+def _problems(declared_list: list[Param], rules: tuple[Rule, ...], params: dict[str, Any], *,
+              check_files: bool, who: str) -> list[tuple[str, str]]:
+    declared = {p.name: p for p in declared_list}
     problems: list[tuple[str, str]] = []
     bad: set[str] = set()
-    label = f"{kind} {name!r} parameter" if name else "parameter"
+    label = f"{who} parameter" if who else "parameter"
     for key, value in params.items():
         param = declared.get(key)
         if param is None:
@@ -229,27 +238,48 @@ def parameter_problems(obj: Any, params: dict[str, Any], *, check_files: bool = 
                 problems.append((key, f"{label} {key!r}: {problem}"))
                 bad.add(key)
     values = {n: params.get(n, p.default) for n, p in declared.items()}
-    for rule in rules_of(obj):
+    for rule in rules:
         if (rule.needs_files and not check_files) or bad & set(rule.params):
             continue
         args = [values.get(p, EMPTY) for p in rule.params]
         if any(a is EMPTY for a in args):
-            continue  # a required parameter is missing: reported as such
+            continue  # a required parameter is missing (or not this constructor's): reported elsewhere
         problem = rule.check(*args)
         if problem:
-            who = f"{kind} {name!r}: " if name else ""
-            problems.append((rule.params[0], f"{who}{problem}"))
+            problems.append((rule.params[0], f"{who}: {problem}" if who else problem))
     return problems
 
 
-def enforce_rules(obj: Any, **values: Any) -> None:
-    """For constructors: raise ``ValueError`` with the first broken rule of ``obj`` (no file checks)."""
-    for rule in rules_of(obj):
-        if rule.needs_files or any(p not in values for p in rule.params):
-            continue
-        problem = rule.check(*(values[p] for p in rule.params))
-        if problem:
-            raise ValueError(problem)
+def validated(init: F) -> F:
+    """Decorate a plugin's ``__init__``: a direct call checks its arguments as the job validator does.
+
+    The given values are checked strictly against the signature's declarations, then the class's
+    :func:`param_rules` run with the defaults filled in (no file checks: a constructor loads its
+    files and says what is wrong with them). Every problem is reported at once, in the format of
+    :func:`parameter_problems`, as one ``ValueError`` naming the class::
+
+        ValueError: PGDEOT parameter 'steps' expects int in [1, 100,000] (Input should be greater
+        than or equal to 1); got 0
+
+    Arguments that do not bind to the signature raise ``TypeError`` as Python would. The values are
+    passed on unchanged (nothing is coerced).
+    """
+    signature = inspect.signature(init)
+    declared: list[Param] = []
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not declared:  # resolved on first use: the annotations may name the class being defined
+            declared.extend(declared_parameters(init))
+        given = signature.bind(self, *args, **kwargs).arguments
+        given.pop(next(iter(signature.parameters)), None)  # self
+        problems = _problems(declared, rules_of(type(self)), dict(given), check_files=False,
+                             who=type(self).__name__)
+        if problems:
+            raise ValueError("; ".join(message for _, message in problems))
+        return init(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 # -- text -----------------------------------------------------------------------------------------------

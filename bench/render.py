@@ -24,12 +24,20 @@ _CI_MARK = {BOOTSTRAP: " (b)", BOOTSTRAP_EXACT: " (b+e)"}
 
 
 # -- cells ---------------------------------------------------------------------------------------------
-def format_eps(eps: float) -> str:
-    """``8/255`` when eps is a whole number of 1/255 steps, else ``0.5``; blank for NaN."""
+def format_eps(eps: float, norm: str | None = None) -> str:
+    """An eps as papers write it; blank for NaN.
+
+    ``Linf``: in grey levels (``8/255``, ``0.25/255``); ``L2``: the number (``0.5``, ``1``); no norm
+    given: ``8/255`` when eps is a whole number of 1/255 steps, else the number.
+    """
     if eps is None or (isinstance(eps, float) and math.isnan(eps)):
         return ""
     steps = eps * 255
-    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 and round(steps) else f"{eps:g}"
+    if norm == "Linf":
+        return f"{steps:.4g}/255"
+    if norm is None and abs(steps - round(steps)) < 1e-6 and round(steps):
+        return f"{round(steps)}/255"
+    return f"{eps:.4g}"
 
 
 def threat_model_title(tm: tuple) -> str:
@@ -38,7 +46,7 @@ def threat_model_title(tm: tuple) -> str:
     head = f"{dataset} ({split}) · classifier {classifier}"
     if setting == CLEAN_SETTING:
         return f"{head} · clean accuracy (no attack)"
-    return f"{head} · {norm} eps = {format_eps(eps)} · {setting} attacks"
+    return f"{head} · {norm} eps = {format_eps(eps, norm)} · {setting} attacks"
 
 
 def budget_text(row: pd.Series) -> str:

@@ -3,7 +3,8 @@
 A sweep takes a job and one or more parameters with their values, e.g.
 ``defenses.lp.cutoff=4,8,12,16,20`` (a defense or attack is addressed by its cell name; other fields by
 their dotted path: ``votes``, ``threat.eps``). Each Ray Tune trial is one assignment of values: the job
-with those values is an ordinary job (its run is named ``<job>.<assignment>``), expanded into
+with those values is an ordinary job (its run is named ``<job>.<assignment>`` and is derived from
+``<job>``: ``derived_from``, so it is never "the latest run"), expanded into
 ordinary tasks and run through ``bench.scheduler.submit`` into the same results directory as any
 run — so a repeated or extended sweep resumes and re-uses every finished task, and ``bench status`` /
 ``bench leaderboard`` work on every trial. When every parameter addresses a defense, the trial jobs
@@ -12,9 +13,10 @@ keep only those defenses (the other cells would not change with the parameter).
 Search: ``grid`` (every combination, ``tune.grid_search``) or ``random`` (``num_samples`` draws,
 ``tune.choice``). Each trial reports its accuracies to Tune; the driver then writes a Markdown table
 and a PNG plot of clean and robust accuracy against the (first) parameter under
-``<results>/sweeps/<job>/``. Robust accuracy here is the worst case over the job's attacks per
-(image, seed): an image counts as robust only if it survived every attack (adaptive and oblivious
-attacks together), averaged over images and seeds.
+``<results>/sweeps/<job>/``, one row per trial, defense and threat model. Robust accuracy is the
+leaderboard's worst case within one threat model (dataset, classifier, norm, eps, setting): an
+(image, seed) counts as robust only if it survived every attack of that threat model, averaged over
+images and seeds; oblivious and adaptive attacks, or attacks at different eps, are never mixed.
 
 Ray Tune drives the trials as actors that use no CPU of their own (``tune.with_resources``: 0 CPUs, 1 byte);
 their tasks take the job's ``resources`` like any run, so Ray's scheduler shares the cluster between
@@ -72,30 +74,15 @@ def parse_param(text: str) -> SweepParam:
     return SweepParam(parts, parsed)
 
 
-def _flatten(entry: Any) -> Any:
-    """A model_dump entry back into job-file form: ``params`` merged into the entry."""
-    if isinstance(entry, dict):
-        out = {k: _flatten(v) for k, v in entry.items() if k != "params"}
-        out.update({k: _flatten(v) for k, v in (entry.get("params") or {}).items()})
-        return out
-    if isinstance(entry, list):
-        return [_flatten(v) for v in entry]
-    return entry
-
-
 def raw_job(spec: Any) -> dict[str, Any]:
-    """The job as a job-file dict (what ``bench.spec.parse_job`` reads), from a loaded ``JobSpec``."""
-    data = spec.model_dump(mode="json", exclude_none=True)
-    return {key: _flatten(value) for key, value in data.items()}
+    """The job as written (``JobSpec.record()``: what ``bench.spec.parse_job`` reads, ``base:`` files
+    merged, ``${VAR}`` references unexpanded, so a trial's recorded spec holds no expanded value)."""
+    return spec.record()
 
 
-def _cell_name(section: str, entry: dict[str, Any], spec: Any) -> str:
-    """The cell name of a raw defense/attack entry (explicit ``name`` or the spec's default rule)."""
-    if "name" in entry:
-        return str(entry["name"])
-    entries = getattr(spec, section)
-    index = next(i for i, e in enumerate(entries) if e.type == entry.get("type") and e.name is None)
-    return entries[index].default_name()
+def _cell_names(spec: Any, section: str) -> list[str]:
+    """The cell names of a section, in file order (the order of the job's entries)."""
+    return [entry.default_name() for entry in getattr(spec, section)]
 
 
 def _set(job: dict[str, Any], spec: Any, param: SweepParam, value: Any) -> None:
@@ -104,12 +91,13 @@ def _set(job: dict[str, Any], spec: Any, param: SweepParam, value: Any) -> None:
         if len(rest) != 2:
             raise SweepError(f"--param {param.name}: use {head}.<cell name>.<parameter>")
         cell, key = rest
-        for entry in job.get(head, []):
-            if isinstance(entry, dict) and _cell_name(head, entry, spec) == cell:
-                entry[key] = value
-                return
-        names = [_cell_name(head, e, spec) for e in job.get(head, []) if isinstance(e, dict)]
-        raise SweepError(f"--param {param.name}: no {head[:-1]} cell {cell!r}; cells: {', '.join(names)}")
+        names = _cell_names(spec, head)
+        if cell not in names:
+            raise SweepError(f"--param {param.name}: no {head[:-1]} cell {cell!r}; cells: {', '.join(names)}")
+        i = names.index(cell)
+        entry = job[head][i]
+        job[head][i] = {**({"type": entry} if isinstance(entry, str) else entry), key: value}  # `- lowpass` too
+        return
     node = job
     for key in param.path[:-1]:
         if not isinstance(node.get(key), dict):
@@ -125,30 +113,47 @@ def trial_name(base: str, assignment: dict[str, Any]) -> str:
 
 
 def trial_job(spec: Any, params: Sequence[SweepParam], assignment: dict[str, Any]) -> dict[str, Any]:
-    """The job dict of one trial: the values set, named after them, reduced to the swept defenses."""
+    """The job dict of one trial: the values set, named after them, reduced to the swept defenses,
+    ``derived_from`` the swept job."""
     job = raw_job(spec)
     for p in params:
         _set(job, spec, p, assignment[p.name])
     job["name"] = trial_name(spec.name, assignment)
+    job["derived_from"] = spec.name  # not "the latest run" for commands without a RUN
     swept = {p.path[1] for p in params if p.path[0] == "defenses"}
     if swept and all(p.path[0] == "defenses" for p in params):
-        job["defenses"] = [e for e in job["defenses"] if not isinstance(e, dict) or _cell_name("defenses", e, spec) in swept]
+        job["defenses"] = [e for e, name in zip(job["defenses"], _cell_names(spec, "defenses")) if name in swept]
     return job
 
 
 # -- one trial ---------------------------------------------------------------------------------------
 def accuracies(rows: Any) -> list[dict[str, Any]]:
-    """Clean and worst-case robust accuracy per defense from a run's rows (pandas DataFrame).
+    """Clean and robust accuracy per defense and threat model from a run's rows (pandas DataFrame).
 
-    Clean: mean of ``clean_correct`` over (image, seed). Robust: an (image, seed) is robust only if
-    it is robust under every attack cell of the defense; the mean over (image, seed).
+    The leaderboard's worst case (``bench.leaderboard.worst_case_records``): within one threat model
+    (dataset, split, classifier, norm, eps, setting), an (image, seed) is robust only if it is robust
+    under every attack of that threat model; accuracies are means over (image, seed). Threat models
+    are never mixed: a job with oblivious and adaptive attacks, or attacks at another eps, gives one
+    entry per threat model. Clean-only cells give clean accuracy (robust NaN).
     """
+    import math
+
+    from bench.leaderboard import CLEAN_SETTING, THREAT_MODEL, sample_records, worst_case_records
+    from bench.render import format_eps
+
+    group = [*THREAT_MODEL, "defense"]
+    records = sample_records(rows)
+    attacks = {key: sorted(g["attack"].unique().tolist()) for key, g in records.groupby(group, sort=False)}
+    clean_cells = records[records["setting"] == CLEAN_SETTING].assign(robust=math.nan)
     out = []
-    for defense, g in rows.groupby("defense", sort=False):
-        per_sample = g.groupby(["seed", "image_id"]).agg(clean=("clean_correct", "all"), robust=("robust", "all"))
-        out.append({"defense": defense, "clean": float(per_sample["clean"].mean()),
-                    "robust": float(per_sample["robust"].mean()), "images": int(g["image_id"].nunique()),
-                    "seeds": int(g["seed"].nunique()), "attacks": sorted(g["attack"].unique().tolist())})
+    for frame in (worst_case_records(records), clean_cells):
+        for key, g in frame.groupby(group, sort=False):
+            tm = dict(zip(THREAT_MODEL, key))
+            threat = ("clean" if tm["setting"] == CLEAN_SETTING else
+                      f"{tm['norm']} {format_eps(tm['eps'], tm['norm'])} {tm['setting']}")
+            out.append({"defense": key[-1], "threat": threat, "clean": float(g["clean"].mean()),
+                        "robust": float(g["robust"].mean()), "images": int(g["image_id"].nunique()),
+                        "seeds": int(g["seed"].nunique()), "attacks": attacks[key]})
     return out
 
 
@@ -265,7 +270,7 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
         assignment = {p.name: result.config[p.name] for p in params}
         for acc in json.loads(result.metrics["accuracies"]):
             rows.append({**assignment, "run": result.metrics["run"], **acc})
-    rows.sort(key=lambda r: tuple(_sort_key(r[p.name]) for p in params) + (r["defense"],))
+    rows.sort(key=lambda r: tuple(_sort_key(r[p.name]) for p in params) + (r["defense"], r["threat"]))
     return SweepResult(params=list(params), rows=rows)
 
 
@@ -283,17 +288,22 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 def render_table(result: SweepResult) -> str:
     """Markdown: one row per trial and defense, accuracies in percent."""
     names = [p.name for p in result.params]
-    head = [*names, "defense", "clean acc.", "robust acc. (worst case over attacks)", "images x seeds", "run"]
+    head = [*names, "defense", "threat model", "clean acc.", "robust acc. (worst case over its attacks)",
+            "images x seeds", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result.rows:
-        lines.append("| " + " | ".join([*(str(r[n]) for n in names), r["defense"], f"{100 * r['clean']:.1f}%",
-                                        f"{100 * r['robust']:.1f}%", f"{r['images']} x {r['seeds']}", r["run"]]) + " |")
+        robust = "" if r["robust"] != r["robust"] else f"{100 * r['robust']:.1f}%"  # NaN: clean-only cell
+        lines.append("| " + " | ".join([*(str(r[n]) for n in names), r["defense"], r["threat"], f"{100 * r['clean']:.1f}%",
+                                        robust, f"{r['images']} x {r['seeds']}", r["run"]]) + " |")
     attacks = sorted({a for r in result.rows for a in r["attacks"]})
-    return "\n".join(lines) + f"\n\nAttacks: {', '.join(attacks)}. Each row is the ordinary run named in the last column.\n"
+    return ("\n".join(lines) + f"\n\nAttacks: {', '.join(attacks)}. Robust accuracy is the worst case over the attacks "
+            "of one threat model (dataset, classifier, norm, eps, setting), never across threat models. Each row is "
+            "the ordinary run named in the last column.\n")
 
 
 def plot(result: SweepResult, path: Path) -> Path:
-    """PNG: clean (solid) and robust (dashed) accuracy against the first parameter, one colour per defense."""
+    """PNG: clean (solid) and robust (dashed) accuracy against the first parameter, one colour per
+    defense and threat model (eps left out of the label when it is the swept parameter)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -301,12 +311,17 @@ def plot(result: SweepResult, path: Path) -> Path:
 
     x_name = result.params[0].name
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for i, defense in enumerate(dict.fromkeys(r["defense"] for r in result.rows)):
-        pts = [r for r in result.rows if r["defense"] == defense]
+    def line(r: dict[str, Any]) -> str:
+        threat = r["threat"].split(" ")
+        shown = [threat[0], *threat[2:]] if x_name == "threat.eps" and len(threat) == 3 else threat
+        return f"{r['defense']} ({' '.join(shown)})"
+
+    for i, label in enumerate(dict.fromkeys(line(r) for r in result.rows)):
+        pts = [r for r in result.rows if line(r) == label]
         xs = [r[x_name] for r in pts]
         color = f"C{i}"
-        ax.plot(xs, [100 * r["clean"] for r in pts], "o-", color=color, label=f"{defense}: clean")
-        ax.plot(xs, [100 * r["robust"] for r in pts], "s--", color=color, label=f"{defense}: robust")
+        ax.plot(xs, [100 * r["clean"] for r in pts], "o-", color=color, label=f"{label}: clean")
+        ax.plot(xs, [100 * r["robust"] for r in pts], "s--", color=color, label=f"{label}: robust")
     ax.set_xlabel(x_name)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)

@@ -40,7 +40,8 @@ class Task:
 
     @property
     def cell(self) -> str:
-        """``defense|attack``: the Ray task name, so the dashboard groups progress by cell."""
+        """``defense|attack``: the cell, as status pages and progress group tasks (and the start of the
+        Ray task name, ``bench.scheduler.ray_task_name``)."""
         return f"{self.defense}|{self.attack}"
 
 

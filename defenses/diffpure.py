@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from bench.params import Rule, enforce_rules, param_rules
+from bench.params import Rule, param_rules, validated
 from bench.registry import DEFENSES
 from defenses.base import Defense
 from defenses.diffusion.backbone import NoisePredictor, load_backbone
@@ -31,7 +31,6 @@ from defenses.diffusion.sampling import (
 )
 from defenses.diffusion.schedule import VPSchedule
 
-SOLVERS = ("sde", "ddpm")
 #: Steps of the discrete schedule every registered backbone uses (checked against the model when built).
 NUM_STEPS = VPSchedule().num_steps
 
@@ -157,6 +156,7 @@ class DiffPure(Defense):
     stochastic = True
     gradient_modes = ("full", "surrogate", "bpda")
 
+    @validated
     def __init__(
         self,
         *,
@@ -170,9 +170,6 @@ class DiffPure(Defense):
         checkpointing: bool = True,
     ) -> None:
         super().__init__()
-        if solver not in SOLVERS:
-            raise ValueError(f"diffpure: solver={solver!r}; allowed: {', '.join(SOLVERS)}")
-        enforce_rules(DiffPure, t_star=t_star, solver=solver, steps=steps, t_min=t_min, surrogate_steps=surrogate_steps)
         self.model = load_backbone(backbone)
         num_steps = self.model.schedule.num_steps
         self.n_steps = steps_from_t_star(t_star, num_steps)  # discrete start (ddpm and surrogate)

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from bench.registry import DEFENSES
-from bench.validated import validated
+from bench.params import validated
 from defenses.base import Defense
 from defenses.diffusion.backbone import NoisePredictor, load_backbone
 from defenses.diffusion.sampling import (
@@ -183,16 +183,6 @@ class FreqPure(Defense):
         checkpointing: bool = True,
     ) -> None:
         super().__init__()
-        if phase_mode not in PHASE_MODES:
-            raise ValueError(f"freqpure: phase_mode={phase_mode!r}; allowed: {', '.join(PHASE_MODES)}")
-        if reference not in REFERENCES or inverse not in INVERSES:
-            raise ValueError(f"freqpure: reference={reference!r}, inverse={inverse!r}; allowed: "
-                             f"reference {', '.join(REFERENCES)}, inverse {', '.join(INVERSES)}")
-        if not (0.0 <= eta <= 1.0 and delta >= 0.0):
-            raise ValueError(f"freqpure: need 0 <= eta <= 1 and delta >= 0, got eta={eta}, delta={delta}")
-        for name, radius in (("d_a", d_a), ("d_p", d_p)):
-            if radius is not None and radius < 0:
-                raise ValueError(f"freqpure: {name}={radius} must be >= 0 or None (disabled)")
         self.model = load_backbone(backbone)
         self.n_steps = steps_from_t_star(t_star, self.model.schedule.num_steps)
         check_trained_range(self.model, self.n_steps, "freqpure")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from bench.checkpoint_files import torch_load
-from bench.params import CheckpointFile, Rule, enforce_rules, param_rules
+from bench.params import CheckpointFile, Rule, param_rules, validated
 from defenses.base import Defense
 from defenses.liif import LIIF, SampleNet, mlp_hidden_from_state_dict, pixel_queries
 
@@ -140,14 +140,11 @@ class IRAD(Defense):
     stochastic = False
     gradient_modes = ("full", "bpda")
 
+    @validated
     def __init__(self, checkpoint: CheckpointFile | Path | None = None,
                  reconstruction: CheckpointFile | Path | LIIF | None = None,
                  samplenet: CheckpointFile | Path | SampleNet | None = None, trust_checkpoint: bool = False) -> None:
         super().__init__()
-        try:
-            enforce_rules(IRAD, checkpoint=checkpoint, reconstruction=reconstruction, samplenet=samplenet)
-        except ValueError as exc:
-            raise ValueError(f"irad: {exc}") from None
         if checkpoint is not None:
             liif, net = load_checkpoint(checkpoint, trust_checkpoint)
         elif isinstance(reconstruction, LIIF) and isinstance(samplenet, SampleNet):

@@ -24,13 +24,13 @@ part that ``.real`` silently drops. ``tests/test_lowpass.py`` checks the imagina
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from bench.params import validated
 from bench.registry import DEFENSES
 from defenses.base import Defense
 
@@ -96,13 +96,10 @@ class LowPass(Defense):
     stochastic: ClassVar[bool] = False
     gradient_modes: ClassVar[tuple[str, ...]] = ("full", "bpda")
 
+    @validated
     def __init__(self, cutoff: Annotated[float, Field(gt=0, le=1024)] = 12,
                  mask: Literal["circle", "square"] = "circle") -> None:
         super().__init__()
-        if not (isinstance(cutoff, (int, float)) and math.isfinite(cutoff) and cutoff > 0):
-            raise ValueError(f"lowpass cutoff must be a positive number, got {cutoff!r}")
-        if mask not in MASKS:
-            raise ValueError(f"lowpass mask {mask!r} is not one of {MASKS}")
         self.cutoff, self.mask = float(cutoff), mask
         self._masks: dict[tuple[int, int, torch.device], Tensor] = {}
 

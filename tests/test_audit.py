@@ -234,6 +234,20 @@ def test_stochastic_audit_halves_eot(voting, tmp_path):
     assert _finding(report, "wild", "d")["numbers"][0]["votes"] == 3  # extra cells keep K
 
 
+def test_companion_run_is_derived_and_never_the_latest_run(voting, tmp_path):
+    """After `bench audit votes`, commands without a RUN still show `votes`, not `votes.audit`."""
+    results = Path(shutil.copytree(voting[0], tmp_path / "results"))
+    _audit(results, "votes", "--images", "2")
+    store = ResultStore(results)
+    assert store.runs()[-1] == "votes.audit" and store.derived_from("votes.audit") == "votes"
+    assert store.latest_run() == "votes"
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", "--results", str(results)])
+    assert status.output.startswith("run votes ") and "derived runs (bench audit / bench sweep): votes.audit" in status.output
+    board = runner.invoke(main, ["leaderboard", "--results", str(results)])
+    assert board.exit_code == 0 and board.output.startswith("### votes:"), board.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["nope"], "unknown run 'nope'"),
     (["votes.audit"], "audit 'votes' instead"),

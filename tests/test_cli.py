@@ -77,6 +77,27 @@ def test_bad_job_exits_2_naming_file_and_field(tmp_path, replace, field):
     assert not (tmp_path / "r").exists()  # nothing was created for an invalid job
 
 
+@pytest.mark.parametrize("attack, field, words", [
+    ("{type: autoattack, version: custom, attacks: [apgd-ce, square]}", "attacks[0].defenses", ["'noisy' is stochastic", "'square'"]),
+    ("{type: autoattack, version: custom, attacks: [fab-t]}", "attacks[0].defenses", ["'noisy' is stochastic", "'fab-t'"]),
+    ("{type: autoattack, version: custom}", "attacks[0].attacks", ["exactly when version is 'custom'"]),
+])
+def test_autoattack_protocol_refused_at_load_time(tmp_path, attack, field, words):
+    """Single-forward AutoAttack components on a stochastic defense, and a custom version without its
+    list, exit 2 before anything runs (before: a failure in every task, or a constructor error)."""
+    import noisy_defense  # noqa: F401  (registers the stochastic ``noisy``)
+
+    job = tmp_path / "aa.yaml"
+    job.write_text(GOOD_JOB.replace("defenses: [none]", "defenses: [noisy]")
+                   .replace("attacks: [{type: pgd-eot, steps: 1, eot: 1, step_size: 2/255}]", f"attacks: [{attack}]"))
+    result = CliRunner().invoke(main, ["submit", str(job), "--results", str(tmp_path / "r"), "--address", "serial"])
+    assert result.exit_code == 2, result.output
+    assert str(job) in result.output and field in result.output
+    for text in words:
+        assert text in result.output, (text, result.output)
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
 def test_missing_job_file_and_missing_results_exit_2(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["submit", str(tmp_path / "nope.yaml"), "--address", "serial"])

@@ -159,7 +159,7 @@ def test_respaced_ddpm_and_the_trained_range_of_the_backbone():
 
 
 def test_bad_parameters_name_the_allowed_values():
-    with pytest.raises(ValueError, match="allowed: sde, ddpm"):
+    with pytest.raises(ValueError, match="'solver' expects 'sde' \\| 'ddpm'"):
         DiffPure(backbone=TinyEps(), solver="ode")
     with pytest.raises(ValueError, match="solver='ddpm' only"):
         DiffPure(backbone=TinyEps(), solver="sde", steps=5)

@@ -1,4 +1,4 @@
-"""Fetching the public data (bench.artifacts, bench.download, bench.fetch, bench.job_data, `bench data`).
+"""Fetching the public data (bench.artifacts.catalogue, bench.artifacts.download, bench.artifacts.install, bench.artifacts.job, `bench data`).
 
 Nothing here touches the internet: the files come from a loopback HTTP server (tests/artifact_server.py)
 serving the real akamaster checkpoints of the shared data directory and a CIFAR-10 python release
@@ -19,15 +19,15 @@ import pytest
 from click.testing import CliRunner
 
 from artifact_server import ArtifactServer, cifar10_release_files, md5, tar_gz
-from bench.artifacts import CIFAR10_TEST_RECORDS_MD5, Checksum, InstalledFile, default_catalogue
+from bench.artifacts.catalogue import CIFAR10_TEST_RECORDS_MD5, Checksum, InstalledFile, default_catalogue
+from bench.artifacts.download import ChecksumMismatchError, RetryPolicy, TransferError
+from bench.artifacts.install import fetch
+from bench.artifacts.job import driver_sees_cluster_files
+from bench.artifacts.layout import DataLayout, inspect
+from bench.artifacts.policy import FetchOptions, mirror_url, offline_mode
 from bench.cli import main
 from bench.cli.data import FetchContext
-from bench.data_layout import DataLayout, inspect
 from bench.datasets import CIFAR10, DatasetNotFoundError
-from bench.download import ChecksumMismatchError, RetryPolicy, TransferError
-from bench.fetch import fetch
-from bench.fetch_policy import FetchOptions, mirror_url, offline_mode
-from bench.job_data import driver_sees_cluster_files
 from bench.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -163,9 +163,9 @@ def test_output_range_dtype_and_determinism():
 
 
 @pytest.mark.parametrize("params,match", [
-    ({"mask": "triangle"}, "not one of \\('circle', 'square'\\)"),
-    ({"cutoff": 0}, "positive"),
-    ({"cutoff": float("nan")}, "positive"),
+    ({"mask": "triangle"}, "'mask' expects 'circle' \\| 'square'"),
+    ({"cutoff": 0}, "'cutoff' expects float in \\(0, 1,024\\]"),
+    ({"cutoff": float("nan")}, "'cutoff' expects float in \\(0, 1,024\\]"),
 ])
 def test_bad_parameters_are_named(params, match):
     with pytest.raises(ValueError, match=match):

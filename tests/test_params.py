@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from pydantic import Field
 
 from bench.cli import main
-from bench.params import (CheckpointFile, ExistingDir, Rule, declared_parameters, describe_type, enforce_rules,
-                          param_rules, parameter_problems, path_problem)
+from bench.params import (CheckpointFile, ExistingDir, Rule, declared_parameters, describe_type, param_rules,
+                          parameter_problems, path_problem, validated)
 from bench.registry import BACKBONES, CLASSIFIERS, DEFENSES, PluginError, Registry
 
 
@@ -19,9 +19,9 @@ from bench.registry import BACKBONES, CLASSIFIERS, DEFENSES, PluginError, Regist
 class Widget:
     """A test plugin."""
 
+    @validated
     def __init__(self, low: Annotated[int, Field(ge=0, le=10)] = 0, high: Annotated[float, Field(gt=0)] = 5.0,
                  mode: Literal["a", "b"] = "a", weights: CheckpointFile | None = None) -> None:
-        enforce_rules(Widget, low=low, high=high)
         self.low, self.high = low, high
 
 

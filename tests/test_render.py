@@ -31,6 +31,15 @@ def test_eps_and_threat_model_titles():
     assert threat_model_title(("cifar10", "test", "resnet20", "Linf", 8 / 255, "adaptive")) == (
         "cifar10 (test) · classifier resnet20 · Linf eps = 8/255 · adaptive attacks")
     assert "clean accuracy" in threat_model_title(("cifar10", "test", "resnet20", "", math.nan, "clean"))
+
+
+def test_eps_is_written_for_its_norm():
+    """An L2 radius of 1 is ``1``, never ``255/255``; a fractional Linf radius stays in grey levels
+    (the leaderboard and the audit write eps the same way)."""
+    assert threat_model_title(("cifar10", "test", "resnet20", "L2", 1.0, "adaptive")) == (
+        "cifar10 (test) · classifier resnet20 · L2 eps = 1 · adaptive attacks")
+    assert format_eps(0.25 / 255, "Linf") == "0.25/255" and format_eps(8 / 255, "Linf") == "8/255"
+    assert format_eps(3072 ** 0.5, "L2") == "55.43"
     assert paper_id("Nie et al., Diffusion Models for Adversarial Purification, ICML 2022, arXiv:2205.07460") == (
         "arXiv:2205.07460")
 

@@ -144,6 +144,21 @@ BAD = [
         d["defenses"].append({"type": "diffpure", "backbone": "sde"}),
         d["attacks"].append({"type": "autoattack", "version": "standard"})),
      "attacks[2].defenses", ["'diffpure' is stochastic", "version: rand", "`defenses:"]),
+    ("custom-aa-fab-on-stochastic", lambda d: (
+        d.update(backbones={"sde": {"type": "score-sde", "checkpoint": "ck.pth"}}),
+        d["defenses"].append({"type": "diffpure", "backbone": "sde"}),
+        d["attacks"].append({"type": "autoattack", "version": "custom", "attacks": ["apgd-ce", "fab", "square"]})),
+     "attacks[2].defenses", ["'diffpure' is stochastic", "'fab', 'square'", "single forwards", "apgd-ce, apgd-dlr, apgd-t",
+                             "`defenses:"]),
+    ("custom-aa-fab-t-on-stochastic", lambda d: (
+        d.update(backbones={"sde": {"type": "score-sde", "checkpoint": "ck.pth"}}),
+        d["defenses"].append({"type": "diffpure", "backbone": "sde"}),
+        d["attacks"].append({"type": "autoattack", "version": "custom", "attacks": ["fab-t"]})),
+     "attacks[2].defenses", ["'diffpure' is stochastic", "'fab-t'", "single forwards"]),
+    ("custom-aa-without-list", _append("attacks", {"type": "autoattack", "version": "custom"}),
+     "attacks[2].attacks", ["exactly when version is 'custom'"]),
+    ("aa-list-without-custom", _append("attacks", {"type": "autoattack", "attacks": ["apgd-ce"]}),
+     "attacks[2].attacks", ["exactly when version is 'custom'", "'rand'"]),
 ]
 
 
@@ -174,6 +189,22 @@ def test_standard_autoattack_restricted_to_deterministic_cells(tmp_path, monkeyp
                              d["attacks"].append({"type": "autoattack", "version": "standard", "defenses": ["none", "lp"]})))
     spec = load_job(write(tmp_path / "j.yaml", data))
     assert spec.attack_cells()[2][1].defenses == ["none", "lp"]
+
+
+def test_single_forward_autoattack_is_fine_where_it_is_valid(tmp_path, monkeypatch):
+    """Custom lists with FAB/Square pass on deterministic cells, APGD-only lists and the oblivious
+    setting (the bare classifier is deterministic) on stochastic ones: exactly what runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck.pth").touch()
+    data = mutate(lambda d: (d.update(backbones={"sde": {"type": "score-sde", "checkpoint": "ck.pth"}}),
+                             d["defenses"].append({"type": "diffpure", "backbone": "sde"}),
+                             d["attacks"].extend([
+                                 {"name": "aa-fab", "type": "autoattack", "version": "custom", "attacks": ["fab", "square"],
+                                  "defenses": ["none", "lp"]},
+                                 {"name": "aa-apgd", "type": "autoattack", "version": "custom", "attacks": ["apgd-ce", "apgd-t"]},
+                                 {"name": "aa-obl", "type": "autoattack", "version": "standard", "setting": "oblivious"}])))
+    spec = load_job(write(tmp_path / "j.yaml", data))
+    assert [name for name, _, _ in spec.attack_cells()][2:] == ["aa-fab", "aa-apgd", "aa-obl"]
 
 
 def test_gradient_mode_not_offered(tmp_path, bpda_only):

@@ -227,6 +227,23 @@ def test_unknown_and_latest_run(tmp_path):
     assert isinstance(store.read_run("a"), pa.Table) and store.read_run("a").num_rows == 0
 
 
+def test_derived_runs_are_not_the_latest(tmp_path):
+    """A run whose recorded spec says ``derived_from`` (an audit's companion, a sweep's trial) is not
+    "the latest run", however recently it was submitted; only derived runs: the latest of them."""
+    store = ResultStore(tmp_path)
+    store.begin_run("t.cutoff-4", {**SPEC, "name": "t.cutoff-4", "derived_from": "t"}, make_tasks(run="t.cutoff-4", n=1))
+    assert store.latest_run() == "t.cutoff-4" and store.derived_from("t.cutoff-4") == "t"
+    store.begin_run("a", SPEC, make_tasks(run="a", n=1))
+    store.begin_run("a.audit", {**SPEC, "name": "a.audit", "derived_from": "a"}, make_tasks(run="a.audit", n=1))
+    assert store.runs()[-1] == "a.audit" and store.latest_run() == "a"
+    assert store.derived_from("a") is None and store.derived_runs("a") == ["a.audit"]
+    # a read-only store answers the same from the version files
+    assert ResultStore(tmp_path, readonly=True).latest_run() == "a"
+    # the current version decides: re-submitted without derived_from, the run is an ordinary one again
+    store.begin_run("a.audit", {**SPEC, "name": "a.audit"}, make_tasks(run="a.audit", n=1))
+    assert store.latest_run() == "a.audit" and store.derived_runs("a") == []
+
+
 # -- a run is its current spec ---------------------------------------------------------------------
 def test_edited_job_resubmitted_under_the_same_name_reads_only_the_current_rows(tmp_path):
     """Issue 8: editing a job and re-submitting it left the old version's files beside the new ones:

@@ -38,6 +38,59 @@ def test_parse_param_and_trial_jobs():
         parse_param("defenses.lp.cutoff")
 
 
+def test_trial_accuracies_never_mix_threat_models():
+    """A trial with an adaptive attack, an oblivious one and an attack at another eps: one entry per
+    threat model, each the worst case over its own attacks only (the leaderboard's rule)."""
+    from result_rows import cell_rows, frame
+
+    from bench.sweep import accuracies
+
+    rows = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0]), cell_rows("lp", "pgd2", 0, [1, 0, 1, 0]),
+                 cell_rows("lp", "pgd-obl", 0, [0, 0, 0, 0], setting="oblivious"),
+                 cell_rows("lp", "pgd16", 0, [1, 1, 1, 0], eps=16 / 255))
+    found = {a["threat"]: (a["robust"], a["attacks"]) for a in accuracies(rows)}
+    assert found == {"Linf 8/255 adaptive": (0.25, ["pgd", "pgd2"]), "Linf 8/255 oblivious": (0.0, ["pgd-obl"]),
+                     "Linf 16/255 adaptive": (0.75, ["pgd16"])}
+    clean_only = accuracies(frame(cell_rows("lp", "clean", 0, [1, 0, 1, 1], setting="clean")))
+    assert [(a["threat"], a["clean"]) for a in clean_only] == [("clean", 0.75)] and clean_only[0]["robust"] != clean_only[0]["robust"]
+
+
+def test_trial_jobs_are_the_job_as_written(monkeypatch):
+    """A trial is the job as written (``JobSpec.record()``) with the swept values set: ``${VAR}``
+    references stay unexpanded (the store records the trial's spec; README Security), and a defense
+    written as a bare type name can be swept."""
+    monkeypatch.setenv("BENCH_TEST_VOTES", "1")
+    job = {**copy.deepcopy(JOB), "votes": "${BENCH_TEST_VOTES}", "defenses": ["none", "lowpass"]}
+    trial = trial_job(parse_job(job, "sw.yaml"), [parse_param("defenses.lowpass.cutoff=8")], {"defenses.lowpass.cutoff": 8})
+    assert trial["votes"] == "${BENCH_TEST_VOTES}" and trial["defenses"] == [{"type": "lowpass", "cutoff": 8}]
+    assert parse_job(trial, "sw.yaml").votes == 1
+
+
+def test_trial_runs_are_derived_and_never_the_latest_run(tmp_path):
+    """A trial run, submitted through the ordinary path, records ``derived_from`` in its version;
+    status/leaderboard without a RUN then show the swept job, and status lists the trial under it."""
+    from click.testing import CliRunner
+    from fake_tasks import fake_run_task, make_tasks
+
+    from bench.cli import main
+    from bench.scheduler import SerialBackend, submit
+
+    store = ResultStore(tmp_path)
+    spec = _spec()
+    submit(spec.name, spec, make_tasks(run=spec.name, n=2), store, SerialBackend(fn=fake_run_task), progress=False)
+    trial = parse_job(trial_job(spec, [parse_param("defenses.lp.cutoff=8")], {"defenses.lp.cutoff": 8}), "sw.yaml")
+    assert trial.derived_from == "sw" and trial.record()["derived_from"] == "sw"
+    submit(trial.name, trial, make_tasks(run=trial.name, n=2), store, SerialBackend(fn=fake_run_task), progress=False)
+    assert store.versions("sw.cutoff-8")[-1].spec["derived_from"] == "sw"
+    assert store.runs()[-1] == "sw.cutoff-8" and store.latest_run() == "sw"
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", "--results", str(tmp_path)])
+    assert status.exit_code == 0 and status.output.startswith("run sw "), status.output
+    assert "derived runs (bench audit / bench sweep): sw.cutoff-8" in status.output
+    board = runner.invoke(main, ["leaderboard", "--results", str(tmp_path)])
+    assert board.exit_code == 0 and board.output.startswith("### sw:"), board.output
+
+
 @pytest.mark.slow
 def test_sweep_runs_trials_as_ordinary_runs(tmp_path, ray_cluster, data_dir):
     spec = _spec()

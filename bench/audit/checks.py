@@ -34,7 +34,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from bench.audit.measure import PAIR, Number, eps_text, number, number_of, paired, pct, per_pair, restrict
+from bench.audit.measure import PAIR, Number, number, number_of, paired, pct, per_pair, restrict
+from bench.render import format_eps
 
 PASS, WARN, FAIL, NA = "pass", "warn", "fail", "n/a"
 FLAGS = (PASS, WARN, FAIL, NA)
@@ -163,7 +164,7 @@ def check_ladder(rungs: Mapping[float, pd.DataFrame], *, norm: str, probe: str) 
     if not rungs or max(rungs) not in present:
         return not_applicable("b", "the top rung of the eps ladder has no rows (extra cells not run or failed)")
     frames = _shared(present)
-    nums = [number(f"eps {eps_text(norm, eps)}", rows) for eps, rows in frames.items()]
+    nums = [number(f"eps {format_eps(eps, norm)}", rows) for eps, rows in frames.items()]
     if any(n is None for n in nums):
         return not_applicable("b", "the ladder's rungs share no (image, seed) pair")
     rises = [(a, b) for a, b in zip(nums, nums[1:], strict=False) if b.value > a.value + TOLERANCE]

@@ -8,7 +8,7 @@ anything from it.
 :func:`companion_job` turns that mapping into the job of the companion run ``<run>.audit``: the same
 dataset, classifier, threat model, K votes, batch size, precision, backbones and defense cells (so
 its rows are comparable with the run's), one seed, the first ``images`` images of the run's list,
-and the audit's attack cells. It is submitted through ``bench.scheduler.submit`` like any job, so
+the audit's attack cells, and ``derived_from: <run>``. It is submitted through ``bench.scheduler.submit`` like any job, so
 an interrupted audit resumes and a repeated one re-uses the finished tasks.
 """
 
@@ -58,6 +58,7 @@ def companion_job(job: Mapping[str, Any], *, seed: int, take: int, split_size: i
     """
     out = copy.deepcopy(dict(job))
     out["name"] = companion_name(str(job["name"]))
+    out["derived_from"] = str(job["name"])  # not "the latest run" for commands without a RUN
     out["seeds"] = [seed]
     out["save_adversarial"] = False
     dataset = dict(out["dataset"])

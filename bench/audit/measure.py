@@ -19,19 +19,13 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy.stats import binomtest
 
+from bench.render import format_eps
 from bench.schema import THREAT_MODEL_COLUMNS
 from bench.stats import CONFIDENCE, exact_interval
 
 #: Columns that describe the attack behind a row (its budget and success rule included).
 ATTACK_COLUMNS = ("attack", "attack_type", "setting", "gradient", "steps", "eot", "restarts", "success")
 PAIR = ["seed", "image_id"]
-
-
-def eps_text(norm: str, eps: float) -> str:
-    """An Linf radius in grey levels (``8/255``, ``0.25/255``), an L2 radius as the number (``0.5``)."""
-    if norm == "Linf":
-        return f"{eps * 255:.4g}/255"
-    return f"{eps:.4g}"
 
 
 @dataclass(frozen=True)
@@ -43,7 +37,7 @@ class ThreatModel:
     eps: float
 
     def text(self) -> str:
-        return f"{self.dataset} {self.split} · {self.classifier} · {self.norm} eps {eps_text(self.norm, self.eps)}"
+        return f"{self.dataset} {self.split} · {self.classifier} · {self.norm} eps {format_eps(self.eps, self.norm)}"
 
 
 @dataclass(frozen=True)

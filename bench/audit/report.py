@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.audit.checks import ALPHA, CHECKS, FAIL, NEAR_ZERO, ONE_VOTE_SHARE, TOLERANCE, WARN, Finding
-from bench.audit.measure import Number, eps_text, pct
+from bench.audit.measure import Number, pct
+from bench.render import format_eps
 
 FORMATS = ("md", "json")
 
@@ -174,14 +175,14 @@ def to_markdown(report: AuditReport) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for s in report.subjects:
         flags = {f.check: f.flag for f in s.findings}
-        lines.append("| " + " | ".join([_cell(s.defense), f"{s.norm} {eps_text(s.norm, s.eps)}",
+        lines.append("| " + " | ".join([_cell(s.defense), f"{s.norm} {format_eps(s.eps, s.norm)}",
                                         *(_flag(flags.get(c, "n/a")) for c in CHECKS)]) + " |")
     for defense in report.skipped:
         lines.append(f"| {_cell(defense)} | — | " + " | ".join(["n/a"] * len(CHECKS)) + " |")
     lines.append("")
     for s in report.subjects:
         kind = "stochastic" if s.stochastic else "deterministic"
-        lines += [f"### {s.defense} — {s.norm} eps {eps_text(s.norm, s.eps)} ({s.defense_type}, {kind}, K = {s.votes})", "",
+        lines += [f"### {s.defense} — {s.norm} eps {format_eps(s.eps, s.norm)} ({s.defense_type}, {kind}, K = {s.votes})", "",
                   f"Probe attack (checks b–d): `{s.probe}` — {s.probe_why}.", "",
                   "| check | flag | finding |", "|---|---|---|"]
         for f in s.findings:

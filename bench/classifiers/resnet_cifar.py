@@ -11,7 +11,6 @@ normalisation those checkpoints were trained with happens inside the network.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.artifacts.catalogue import file_digest
 from bench.checkpoint_files import load_error_message
 from bench.params import CheckpointFile, ExistingDir
 from bench.registry import CLASSIFIERS, PluginError
@@ -104,14 +104,6 @@ def strip_prefix(state_dict: dict[str, Tensor], prefix: str = "module.") -> dict
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def find_checkpoint(name: str, model_dir: str | os.PathLike | None = None) -> Path:
     """``<model_dir>/<name>-<sha8>.th``; model_dir defaults to ``data_dir()/weights``."""
     from bench.datasets import data_dir
@@ -136,7 +128,7 @@ def verify_sha256_prefix(path: Path) -> None:
     expected = stem.rsplit("-", 1)[-1].lower()
     if "-" not in stem or len(expected) < 6 or any(c not in "0123456789abcdef" for c in expected):
         raise CheckpointError(f"{path}: the file name carries no sha256 prefix (expected <name>-<hex digits>.th)")
-    actual = sha256_of(path)
+    actual = file_digest(path, "sha256")
     if not actual.startswith(expected):
         raise CheckpointError(f"{path}: sha256 {actual[:len(expected)]}... does not match the {expected} in its name; the file is corrupted or not the published one")
 

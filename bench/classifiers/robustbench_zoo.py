@@ -4,7 +4,7 @@
 ``<model_dir>/<dataset>/<threat_model>/<name>.pt`` (ensembles: ``<name>.pt_m<i>.pt``) and downloads
 it from Google Drive when it is missing. Evaluation jobs must not reach the network silently, so here
 a missing file is an error unless ``allow_download=True``, and always in offline mode
-(``BENCH_OFFLINE=1`` / ``--offline``, ``bench.fetch_policy.offline_mode``), which wins over that switch.
+(``BENCH_OFFLINE=1`` / ``--offline``, ``bench.artifacts.policy.offline_mode``), which wins over that switch.
 Zoo entries that are timm models come from the Hugging Face hub instead and always need
 ``allow_download=True`` (or a warm HF cache). torch >= 2.6
 loads inside robustbench with ``weights_only=True`` by default, so no pickled code runs.
@@ -81,7 +81,7 @@ def robustbench_model(
     import timm
     from robustbench.utils import load_model
 
-    from bench.fetch_policy import OFFLINE_ENV, offline_mode
+    from bench.artifacts.policy import OFFLINE_ENV, offline_mode
 
     offline = offline_mode()
     if offline and allow_download:  # the one network rule: offline wins over the plugin's own switch

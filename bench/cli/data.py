@@ -1,6 +1,6 @@
 """``bench data fetch`` and ``bench data check``: the public data jobs read, fetched and verified.
 
-The catalogue (``bench.artifacts``) and the retry policy can be injected through click's context
+The catalogue (``bench.artifacts.catalogue``) and the retry policy can be injected through click's context
 object (``main(obj=FetchContext(...))``, e.g. ``CliRunner().invoke(main, args, obj=...)``), which is
 how tests serve their own files without touching the published checksums.
 """
@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 import click
 
-from bench.artifacts import Catalogue, UnknownArtifactError, default_catalogue, human_size
+from bench.artifacts.catalogue import Catalogue, UnknownArtifactError, default_catalogue, human_size
+from bench.artifacts.download import DownloadError, RetryPolicy
+from bench.artifacts.install import DataDirError
+from bench.artifacts.job import Need, job_needs, prepare
+from bench.artifacts.layout import ArtifactState, DataLayout, fetch_command
+from bench.artifacts.policy import FetchConfigError, FetchOptions, mirror_url
 from bench.cli.common import BadInput, data_dir_option, main, model_dir_option, translate_errors
-from bench.download import DownloadError, RetryPolicy
-from bench.data_layout import ArtifactState, DataLayout, fetch_command
-from bench.fetch import DataDirError
-from bench.fetch_policy import FetchConfigError, FetchOptions, mirror_url
-from bench.job_data import Need, job_needs, prepare
 
 offline_option = click.option(
     "--offline", is_flag=True, default=False,
@@ -73,7 +73,7 @@ def translate_fetch_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fetch_options(offline: bool, mirror: str | None, progress: bool) -> FetchOptions:
-    """:class:`bench.fetch_policy.FetchOptions` from the flags, the environment and the context's retry policy."""
+    """:class:`bench.artifacts.policy.FetchOptions` from the flags, the environment and the context's retry policy."""
     return FetchOptions.resolve(offline, mirror, progress, fetch_context().retry)
 
 

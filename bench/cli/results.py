@@ -51,7 +51,8 @@ def _resolve(results: Path, runs: tuple[str, ...], reference: str | None) -> tup
 @translate_errors
 @_leaderboard_errors
 def leaderboard_cmd(runs: tuple[str, ...], results: Path, fmt: str, out: Path | None, reference: str | None) -> None:
-    """Accuracy tables of RUN... (default: the latest run), one per threat model.
+    """Accuracy tables of RUN... (default: the latest run not derived by an audit or a sweep), one per
+    threat model.
 
     Per defense x attack and per defense's worst case over attacks: clean and robust accuracy
     (mean ± std over seeds, 95% CI with images as the unit), a paired test against the reference
@@ -81,7 +82,8 @@ def leaderboard_cmd(runs: tuple[str, ...], results: Path, fmt: str, out: Path | 
 @translate_errors
 @_leaderboard_errors
 def report_cmd(runs: tuple[str, ...], results: Path, out: Path | None, reference: str | None) -> None:
-    """Static web report of RUN... (default: the latest run): open OUT/index.html in a browser.
+    """Static web report of RUN... (default: the latest run not derived by an audit or a sweep): open
+    OUT/index.html in a browser.
 
     An index with a sortable, filterable table per threat model, and a page per defense with plots
     (robust accuracy per attack with CIs, vs eps, attack agreement, cost). No server, no network.

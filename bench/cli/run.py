@@ -59,7 +59,8 @@ def submit_cmd(job: str, address: str | None, results: Path, data_dir: str | Non
               help="Also list every version of the run with its provenance (commit, devices, data and checkpoint hashes).")
 @translate_errors
 def status_cmd(run: str | None, results: Path, show_versions: bool) -> None:
-    """Show the tasks of RUN (default: the latest run) per status and per cell.
+    """Show the tasks of RUN (default: the latest run not derived by an audit or a sweep) per status
+    and per cell, and the runs derived from it.
 
     Running tasks whose driver is gone are shown as orphaned (a re-submit runs them again); stale
     task files are those of earlier versions of the run (`bench prune RUN` removes them).
@@ -99,9 +100,22 @@ def status_cmd(run: str | None, results: Path, show_versions: bool) -> None:
     _estimate_lines(results, run, records)
     if show_versions:
         _echo_versions(store, run, summary.version)
-    others = [n for n in store.runs() if n != run]
+    parents = {n: _parent(store, n) for n in store.runs() if n != run}
+    derived = [n for n, parent in parents.items() if parent == run]
+    if derived:
+        click.echo(f"  derived runs (bench audit / bench sweep): {', '.join(derived)}")
+    others = [n if parent is None else f"{n} (from {parent})" for n, parent in parents.items() if parent != run]
     if others:
         click.echo(f"other runs in {results}: {', '.join(others)}")
+
+
+def _parent(store: Any, run: str) -> str | None:
+    from bench.store import StoreError
+
+    try:
+        return store.derived_from(run)
+    except StoreError:
+        return None
 
 
 def _estimate_lines(results: Path, run: str, records: list[Any]) -> None:

@@ -23,7 +23,7 @@ def tm_short(row: pd.Series) -> str:
     """``Linf 8/255 adaptive`` (or ``clean``), for axis labels."""
     if row["setting"] == CLEAN_SETTING:
         return "clean"
-    return f"{row['norm']} {format_eps(row['eps'])} {row['setting']}"
+    return f"{row['norm']} {format_eps(row['eps'], row['norm'])} {row['setting']}"
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -120,7 +120,7 @@ def attack_agreement(rows: pd.DataFrame, path: Path) -> Path | None:
             for j in range(len(attacks)):
                 left.text(j, i, f"{int(both[i, j])}", ha="center", va="center", fontsize=8,
                           color="white" if both[i, j] > len(m) / 2 else "black")
-        left.set_title(f"{key[3]} {format_eps(key[4])} {key[5]}: broken by both\n(of {len(m)} clean-correct pairs)",
+        left.set_title(f"{key[3]} {format_eps(key[4], key[3])} {key[5]}: broken by both\n(of {len(m)} clean-correct pairs)",
                        fontsize=9)
         # most-broken pairs first, then by which attacks broke them (first attack first)
         order = np.lexsort(tuple(-m[:, j] for j in reversed(range(m.shape[1]))) + (-m.sum(axis=1),))

@@ -86,13 +86,16 @@ def defense_is_stochastic(config: dict[str, Any]) -> bool:
     return any(cls.stochastic for cls in _defense_classes(config))
 
 
-def protocol_problem(defense_config: dict[str, Any], attack_config: dict[str, Any]) -> str | None:
-    """Why an attack is not a valid evaluation of a defense, or None (SPEC §3: AutoAttack
-    ``standard`` assumes a deterministic model; a randomised defense needs ``version: rand``)."""
-    if attack_config["type"] == "autoattack" and attack_config["params"].get("version") == "standard":
-        if defense_is_stochastic(defense_config):
-            return "AutoAttack version 'standard' is valid only for deterministic defenses; use version: rand"
-    return None
+def protocol_problem(defense_config: dict[str, Any], attack_config: dict[str, Any],
+                     setting: str = "adaptive") -> str | None:
+    """Why an attack is not a valid evaluation of a defense, or None: on a stochastic defense in the
+    adaptive setting, what the attack class says of its configuration
+    (``Attack.stochastic_problem``; SPEC §3: AutoAttack ``standard``, FAB and Square decide by single
+    noisy forwards, so a randomised defense needs ``version: rand`` or APGD components). The
+    oblivious setting attacks the bare (deterministic) classifier: nothing to refuse there."""
+    if setting != "adaptive" or not defense_is_stochastic(defense_config):
+        return None
+    return ATTACKS.get(attack_config["type"]).stochastic_problem(attack_config["params"])
 
 
 def cell_setting(attack: AttackSpec) -> str:

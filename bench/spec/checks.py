@@ -5,7 +5,7 @@ checks that it is registered ("did you mean"), that every parameter exists and e
 given, and that every value fits the plugin's declarations (:mod:`bench.params`: types and ranges
 from the constructor's signature, paths that must exist, rules over several parameters). Then the
 grid: cell names (safe and unique), attack ``defenses:`` filters, gradient modes, the protocol
-(AutoAttack ``standard`` only on deterministic defenses).
+(``Attack.stochastic_problem``: AutoAttack's single-forward components only on deterministic defenses).
 
 The checks run on :class:`Sections`, the parts of a job that validated on their own, so a file with
 a model error in one section still has its plugins checked in the others: all problems of a file
@@ -304,7 +304,7 @@ class _Checker:
                 except ValueError as exc:
                     self.problems.add(f"{field}.gradient", f"on defense {defense_name!r}: {exc}")
                     continue
-                problem = protocol_problem(config, resolved)
+                problem = protocol_problem(config, resolved, entry.setting)
                 if problem:
                     self.problems.add(f"{field}.defenses", f"defense {defense_name!r} is stochastic: {problem}, "
                                       "or restrict this attack with `defenses: [<deterministic cells>]`")

@@ -6,7 +6,7 @@ The rule:
   ``env:`` (``env: [MY_CKPT_DIR]``); any other reference is an error naming the field, so a job file
   from elsewhere cannot read ``$HOME``, a token or a password into the run;
 - never in names: ``name`` and ``type`` (run, cells, backbones, classifier, dataset), an attack's
-  ``defenses:`` list, ``env:`` itself and mapping keys. Names become folders, Ray task names and
+  ``defenses:`` list, ``env:`` itself, ``derived_from`` and mapping keys. Names become folders, Ray task names and
   row columns, so they are written literally;
 - an unset variable without a default is an error; a value made only of expanded text is typed the
   way YAML types it (``${SEED:-0}`` is the integer 0).
@@ -53,7 +53,7 @@ def allowed_variables(data: dict[str, Any], problems: Problems) -> set[str]:
 def _is_name_field(where: tuple[Any, ...]) -> bool:
     if not where:
         return False
-    if where[0] == "env":
+    if where[0] in ("env", "derived_from"):
         return True
     if len(where) >= 3 and where[0] == "attacks" and where[2] == "defenses":
         return True

@@ -217,6 +217,10 @@ class JobSpec(_Model):
         defenses: Defense cells (at least one).
         attacks: Attack cells; ``[]`` gives a clean-accuracy job (one ``clean`` cell per defense,
             the no-op attack ``none``).
+        derived_from: The run this one is derived from: ``bench audit`` writes it into the companion
+            run ``<run>.audit``, ``bench sweep`` into each trial run. Commands without a RUN argument
+            then pick the latest run that is not derived (``ResultStore.latest_run``). Not part of
+            task ids. Default None.
     """
 
     name: SafeName
@@ -234,6 +238,7 @@ class JobSpec(_Model):
     backbones: dict[SafeName, BackboneSpec] = {}
     defenses: list[DefenseSpec] = Field(min_length=1, max_length=1000)
     attacks: list[AttackSpec] = Field(max_length=1000)
+    derived_from: SafeName | None = None
 
     _path: str = PrivateAttr(default="<job>")
     _document: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -8,7 +8,9 @@ seed, shard, number of images, image digest) in expansion order. It is written a
 ``runs/<run>/versions/NNNN.json`` records each version of the run: the spec as written (without
 expanded secrets: ``JobSpec.record()`` when the spec has it), its hash, the provenance
 (``bench.store.provenance``) and the task ids. A submit adds a version when the spec, the task set or
-the provenance differ from the latest one; versions are never overwritten.
+the provenance differ from the latest one; versions are never overwritten. A spec that says
+``derived_from: <run>`` (written by ``bench audit`` and ``bench sweep``) makes the run a derived run
+(:func:`derived_from`).
 
 Together with the task files these are the source of truth; the catalog is rebuilt from them.
 """
@@ -180,24 +182,37 @@ def next_version_number(paths: RunPaths) -> int:
     return max(numbers, default=0) + 1
 
 
+def _read_version_file(path: os.PathLike) -> RunVersion | None:
+    """The version recorded in ``path``; None when it is missing or unreadable."""
+    try:
+        body = json.loads(read_bytes(path))
+        return RunVersion(number=int(body["number"]), spec_hash=body["spec_hash"], spec=body["spec"],
+                          provenance=dict(body["provenance"]), task_ids=list(body["task_ids"]),
+                          created=datetime.fromisoformat(body["created"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_version(paths: RunPaths, number: int) -> RunVersion | None:
+    """Version ``number`` of a run; None when it is missing or unreadable."""
+    return _read_version_file(paths.version_file(number))
+
+
 def read_versions(paths: RunPaths) -> list[RunVersion]:
     """All recorded versions of a run, oldest first (unreadable files are skipped)."""
     try:
         names = sorted(os.listdir(paths.versions_dir))
     except FileNotFoundError:
         return []
-    out = []
-    for name in names:
-        if not (name.endswith(".json") and name[:-5].isdigit()):
-            continue
-        try:
-            body = json.loads(read_bytes(paths.versions_dir / name))
-            out.append(RunVersion(number=int(body["number"]), spec_hash=body["spec_hash"], spec=body["spec"],
-                                  provenance=dict(body["provenance"]), task_ids=list(body["task_ids"]),
-                                  created=datetime.fromisoformat(body["created"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return out
+    found = (_read_version_file(paths.versions_dir / n) for n in names if n.endswith(".json") and n[:-5].isdigit())
+    return [v for v in found if v is not None]
+
+
+def derived_from(record: Any) -> str | None:
+    """The run a recorded spec says it is derived from (``derived_from``: an audit's companion run,
+    a sweep's trial; :class:`bench.spec.JobSpec`), or None."""
+    value = record.get("derived_from") if isinstance(record, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def manifest_for(run: str, number: int, spec_hash_: str, tasks: Sequence[Task], previous: RunManifest | None) -> RunManifest:

@@ -30,6 +30,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.artifacts.catalogue import file_digest
 from bench.tasks import Task, canonical_json
 
 #: Packages whose versions are recorded with every run version (results depend on them).
@@ -39,7 +40,6 @@ RECORDED_PACKAGES = (
 )
 _PROJECT = Path(__file__).resolve().parents[2]
 _MAX_FOLDER_FILES = 10_000
-_CHUNK = 1 << 20
 
 
 class HashCache(Protocol):
@@ -132,12 +132,9 @@ def file_sha256(path: Path, cache: HashCache) -> str:
     known = cache.get(key, stat.st_size, stat.st_mtime_ns)
     if known:
         return known
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    cache.put(key, stat.st_size, stat.st_mtime_ns, digest.hexdigest())
-    return digest.hexdigest()
+    hexdigest = file_digest(path, "sha256")
+    cache.put(key, stat.st_size, stat.st_mtime_ns, hexdigest)
+    return hexdigest
 
 
 def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:

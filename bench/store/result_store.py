@@ -49,8 +49,9 @@ from bench.store.catalog import DONE, FAILED, PENDING, RUNNING, CatalogHashCache
 from bench.store.errors import StoreError
 from bench.store.failures import FailureSummary, summarize
 from bench.store.layout import TASK_SUFFIX, RunPaths, StoreLayout
-from bench.store.manifest import (RunManifest, RunVersion, manifest_for, next_version_number, now, read_manifest,
-                                  read_versions, spec_hash, spec_record, write_manifest, write_version)
+from bench.store.manifest import (RunManifest, RunVersion, derived_from, manifest_for, next_version_number, now,
+                                  read_manifest, read_version, read_versions, spec_hash, spec_record, write_manifest,
+                                  write_version)
 from bench.store.process import driver_alive, this_driver
 from bench.store.provenance import collect
 from bench.store.rebuild import present_task_ids, run_record, task_records
@@ -277,7 +278,9 @@ class ResultStore:
         return [name for _, name in sorted(stamped)]
 
     def latest_run(self) -> str:
-        """The most recently submitted run.
+        """The most recently submitted run that is not derived from another (:meth:`derived_from`:
+        an audit's companion run, a sweep's trial), so ``bench status``/``leaderboard``/``report``
+        without a RUN show the job the user submitted; the most recent run when all are derived.
 
         Raises:
             StoreError: the store holds no run.
@@ -285,7 +288,33 @@ class ResultStore:
         names = self.runs()
         if not names:
             raise StoreError(f"no run in {self.root}; submit a job first (bench submit JOB)")
+        for name in reversed(names):
+            try:
+                if self.derived_from(name) is None:
+                    return name
+            except StoreError:
+                continue  # an unreadable manifest: not a candidate
         return names[-1]
+
+    def derived_from(self, name: str) -> str | None:
+        """The run ``name`` derives from, as its current version's spec records it, or None.
+
+        Raises:
+            StoreError: unknown run.
+        """
+        version = read_version(self.layout.run(name), self.manifest(name).version)
+        return derived_from(version.spec) if version is not None else None
+
+    def derived_runs(self, parent: str) -> list[str]:
+        """The runs derived from ``parent``, most recently submitted last."""
+        out = []
+        for name in self.runs():
+            try:
+                if self.derived_from(name) == parent:
+                    out.append(name)
+            except StoreError:
+                continue
+        return out
 
     def manifest(self, name: str) -> RunManifest:
         """The run's manifest (its current version and task set).

@@ -1,6 +1,6 @@
 """What a job reads from disk before any task starts, and getting it there on the driver (``bench submit``).
 
-A job needs, from the catalogue (``bench.artifacts``):
+A job needs, from the catalogue (``bench.artifacts.catalogue``):
 
 - its dataset: ``cifar10`` for the split it reads (the test split is satisfied by a verified
   ``cifar10_test.npz``, or by the verified release when there is no npz);
@@ -9,7 +9,7 @@ A job needs, from the catalogue (``bench.artifacts``):
   the layout's weights folder (``--model-dir``, or ``<data dir>/weights``), where the loader looks.
 
 Everything else a job reads (user checkpoints, RobustBench zoo files, diffusion backbones) is checked
-by building it once on the driver (``bench/cli/run.py``), not fetched from the catalogue.
+by building it once on the driver (``bench.api.submit``), not fetched from the catalogue.
 
 Where this runs: on the driver, before submission, never in a Ray worker, so a cluster of many nodes
 does not download the same files many times. The driver sees the files the workers read when it runs
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from bench.artifacts import Artifact, Catalogue, default_catalogue
-from bench.data_layout import ArtifactState, DataLayout, inspect
-from bench.fetch import install, require_offline
-from bench.fetch_policy import FetchOptions
+from bench.artifacts.catalogue import Artifact, Catalogue, default_catalogue
+from bench.artifacts.install import install, require_offline
+from bench.artifacts.layout import ArtifactState, DataLayout, inspect
+from bench.artifacts.policy import FetchOptions
 
 if TYPE_CHECKING:
     from bench.spec import JobSpec
@@ -94,8 +94,8 @@ def prepare(needs: list[Need], options: FetchOptions, *, log: Log = lambda messa
     """Make every need ready: fetch what is missing, or, offline, fail listing all of it at once.
 
     Raises:
-        bench.fetch.OfflineError: offline and something needs a download (exit code 2 in the CLI).
-        bench.download.DownloadError: a download failed.
+        bench.artifacts.install.OfflineError: offline and something needs a download (exit code 2 in the CLI).
+        bench.artifacts.download.DownloadError: a download failed.
     """
     pending = [need for need in needs if not need.ready()]
     if options.offline:

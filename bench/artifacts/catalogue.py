@@ -68,7 +68,7 @@ class Checksum:
     Attributes:
         algorithm: ``md5``, ``sha256`` or ``cifar10-records-md5`` (MD5 of a CIFAR-10 ``.npz``'s images
             and labels re-encoded as the official binary records, see
-            :func:`bench.cifar10_files.npz_records_md5`).
+            :func:`bench.artifacts.cifar10_files.npz_records_md5`).
         digest: Lower-case hex; a sha256 may be a prefix of at least 8 digits (torch.hub's convention).
     """
 
@@ -85,7 +85,7 @@ class Checksum:
     def compute(self, path: Path) -> str:
         """The digest of ``path`` with this checksum's algorithm (full length)."""
         if self.algorithm == "cifar10-records-md5":
-            from bench.cifar10_files import npz_records_md5
+            from bench.artifacts.cifar10_files import npz_records_md5
 
             return npz_records_md5(path)
         return file_digest(path, self.algorithm)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bench.artifacts import Checksum, human_size
+from bench.artifacts.catalogue import Checksum, human_size
 
 Log = Callable[[str], None]
 _TIMEOUT_LOCK = threading.Lock()  # the socket default is per process: one transfer at a time sets it

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from bench.artifacts import CIFAR10_RELEASE_DIR, CIFAR10_TEST_NPZ, Artifact, Checksum
+from bench.artifacts.catalogue import CIFAR10_RELEASE_DIR, CIFAR10_TEST_NPZ, Artifact, Checksum
 
 FileStatus = Literal["verified", "missing", "corrupt"]
 

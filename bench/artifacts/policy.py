@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from bench.download import RetryPolicy
+from bench.artifacts.download import RetryPolicy
 
 OFFLINE_ENV = "BENCH_OFFLINE"
 MIRROR_ENV = "BENCH_MIRROR"

@@ -2,8 +2,8 @@
 
 Installing is idempotent and safe to run concurrently: a lock file per artifact serialises fetchers of
 one folder, and every file appears under its final name only by an atomic rename after verification
-(``bench.download``). The network policy (offline, mirror) is ``bench.fetch_policy``'s; the layout and
-the verification of what is on disk are ``bench.data_layout``'s.
+(``bench.artifacts.download``). The network policy (offline, mirror) is ``bench.artifacts.policy``'s; the layout and
+the verification of what is on disk are ``bench.artifacts.layout``'s.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable
 
-from bench.artifacts import CIFAR10_RELEASE_DIR, CIFAR10_TEST_NPZ, Artifact, Catalogue, default_catalogue, human_size
-from bench.data_layout import ArtifactState, DataLayout, fetch_command, inspect
-from bench.download import DownloadError, download_verified, remove_stale
-from bench.fetch_policy import MIRROR_ENV, OFFLINE_ENV, FetchOptions
+from bench.artifacts.catalogue import CIFAR10_RELEASE_DIR, CIFAR10_TEST_NPZ, Artifact, Catalogue, default_catalogue, human_size
+from bench.artifacts.download import DownloadError, download_verified, remove_stale
+from bench.artifacts.layout import ArtifactState, DataLayout, fetch_command, inspect
+from bench.artifacts.policy import MIRROR_ENV, OFFLINE_ENV, FetchOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,7 +48,7 @@ def install(artifact: Artifact, layout: DataLayout, options: FetchOptions | None
 
     Raises:
         OfflineError: a download is needed and ``options.offline`` is set.
-        bench.download.DownloadError: the download failed (its checksum, or the network).
+        bench.artifacts.download.DownloadError: the download failed (its checksum, or the network).
         DataDirError: the folder cannot be written.
     """
     options = options or FetchOptions()
@@ -103,7 +103,7 @@ def _download(artifact: Artifact, dest: Path, options: FetchOptions, log: Log) -
 
 def _install_cifar10(artifact: Artifact, state: ArtifactState, options: FetchOptions, log: Log) -> None:
     """Download and unpack the release unless it verifies, then (re)write the npz from it."""
-    from bench.cifar10_files import read_release, records_md5, write_npz
+    from bench.artifacts.cifar10_files import read_release, records_md5, write_npz
 
     root = state.folder
     md5s = {PurePosixPath(f.path).name: f.checksum.digest for f in artifact.installed
@@ -127,7 +127,7 @@ def _unpack_release(artifact: Artifact, root: Path, md5s: dict[str, str], option
 
     Returns the test split read on the way. A valid archive the user put there is kept; ours is deleted.
     """
-    from bench.cifar10_files import extract_members, read_release
+    from bench.artifacts.cifar10_files import extract_members, read_release
 
     archive = root / artifact.file_name
     downloaded = _download(artifact, archive, options, log)
