@@ -85,11 +85,16 @@ def test_ray_job_submit_on_a_local_cluster(tmp_path, data_dir):
             "excludes": [".git", "results", ".cache", "*.pyc", "__pycache__"],
             "env_vars": {"BENCH_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"},
         }
-        submit = subprocess.run(
-            [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--runtime-env-json",
-             json.dumps(runtime_env), "--", sys.executable, "-m", "bench.cli", "submit", str(tmp_path / "job.yaml"),
-             "--address", "auto", "--results", str(results), "--no-progress"],
-            env={**env, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=600)
+        command = [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--runtime-env-json",
+                   json.dumps(runtime_env), "--", sys.executable, "-m", "bench.cli", "submit",
+                   str(tmp_path / "job.yaml"), "--address", "auto", "--results", str(results), "--no-progress"]
+        # `ray start` returns before the head's job agent registers (seconds later on a loaded machine);
+        # until then Ray refuses the submission without starting anything, so retrying is safe
+        for _ in range(12):
+            submit = subprocess.run(command, env={**env, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=600)
+            if "No available agent to submit job" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(5)
         assert submit.returncode == 0, (submit.stdout[-3000:], submit.stderr[-2000:])
         assert "run cluster: 8 tasks, 0 already done, 8 ran now, 0 failed" in submit.stdout, submit.stdout[-3000:]
 
