@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli.common import (BadInput, absolute, address_option, data_dir_option, main, model_dir_option,
-                              num_cpus_option, open_store, results_option, translate_errors)
+from bench.cli.common import BadInput, absolute, execution_options, main, open_store, results_option, translate_errors
 
 
 @main.command("audit")
@@ -22,13 +21,7 @@ from bench.cli.common import (BadInput, absolute, address_option, data_dir_optio
               help="Markdown report or JSON.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the report to this file instead of standard output.")
-@address_option
-@data_dir_option
-@model_dir_option
-@num_cpus_option
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar with ETA on stderr.")
-@click.option("--dashboard/--no-dashboard", default=True, show_default=True,
-              help="Start the Ray dashboard (127.0.0.1) with a local instance.")
+@execution_options
 @translate_errors
 def audit_cmd(run: str, results: Path, images: int, extra: bool, fmt: str, out: Path | None, address: str | None,
               data_dir: str | None, model_dir: str | None, num_cpus: int | None, progress: bool,

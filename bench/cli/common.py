@@ -67,6 +67,22 @@ num_cpus_option = click.option(
     help="CPUs of a local Ray instance [default: all of this machine's].")
 
 
+progress_option = click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Progress bar with ETA on stderr.")
+dashboard_option = click.option(
+    "--dashboard/--no-dashboard", default=True, show_default=True,
+    help="Start the Ray dashboard (127.0.0.1) with a local instance.")
+
+
+def execution_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Where and how tasks run, for every command that submits tasks: ``--address``, ``--data-dir``,
+    ``--model-dir``, ``--num-cpus``, ``--progress/--no-progress``, ``--dashboard/--no-dashboard``."""
+    for option in reversed((address_option, data_dir_option, model_dir_option, num_cpus_option, progress_option,
+                            dashboard_option)):
+        fn = option(fn)
+    return fn
+
+
 def absolute(path: str | None) -> str | None:
     from bench.api import absolute_path  # the API's rule; imported on use to keep `bench --help` light
 

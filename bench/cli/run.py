@@ -7,21 +7,14 @@ from typing import Any
 
 import click
 
-from bench.cli.common import (address_option, data_dir_option, main, model_dir_option,
-                              num_cpus_option, open_store, results_option, run_argument, translate_errors)
+from bench.cli.common import execution_options, main, open_store, results_option, run_argument, translate_errors
 from bench.cli.data import fetch_context, fetch_options, mirror_option, offline_option, translate_fetch_errors
 
 
 @main.command("submit")
 @click.argument("job", type=click.Path(dir_okay=False))
-@address_option
 @results_option
-@data_dir_option
-@model_dir_option
-@num_cpus_option
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar with ETA on stderr.")
-@click.option("--dashboard/--no-dashboard", default=True, show_default=True,
-              help="Start the Ray dashboard (127.0.0.1) with a local instance.")
+@execution_options
 @offline_option
 @mirror_option
 @translate_errors
