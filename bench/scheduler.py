@@ -135,7 +135,9 @@ def fit_resources(tasks: Sequence[Task], max_gpus: float, max_cpus: float, where
         lowered to what a node has (a task asking for more would wait forever), and notes saying so.
 
     Raises:
-        SchedulerError: a task asks for more GPUs than any node has and ``gpu_fallback`` is ``error``.
+        SchedulerError: a task asks for more GPUs than any node has and ``gpu_fallback`` is ``error``,
+            or the fallback would run an ``fp16`` task on a CPU (``bench.device.check_precision``
+            refuses it there: every task would fail in its worker after the grid was queued).
     """
     out, notes = [], set()
     for task in tasks:
@@ -146,6 +148,13 @@ def fit_resources(tasks: Sequence[Task], max_gpus: float, max_cpus: float, where
                     f"task {task.cell} asks for {res.gpus:g} GPU(s) but {where} has at most {max_gpus:g} per node. "
                     "Run on a cluster with GPUs (--address), lower resources.gpus, or set "
                     "resources.gpu_fallback: cpu in the job to run on CPUs instead."
+                )
+            if task.payload.get("precision") == "fp16":
+                raise SchedulerError(
+                    f"task {task.cell} asks for {res.gpus:g} GPU(s) in precision fp16, but {where} has at most "
+                    f"{max_gpus:g} GPU(s) per node and fp16 does not run on CPUs, so resources.gpu_fallback: cpu "
+                    "cannot apply. Set precision: bf16 or fp32 in the job to run on CPUs, or run on a cluster "
+                    "with GPUs (--address)."
                 )
             notes.add(f"{where} has no node with {res.gpus:g} GPU(s): running on CPU (gpu_fallback: cpu)")
             res = dataclasses.replace(res, gpus=0.0)

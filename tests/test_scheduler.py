@@ -86,6 +86,18 @@ def test_fit_resources_lowers_cpus_and_keeps_ids():
     assert [t.task_id for t in fitted] == [t.task_id for t in tasks] and len(notes) == 1
 
 
+def test_fp16_cannot_fall_back_to_cpu():
+    """gpu_fallback: cpu would run fp16 tasks on CPUs, where the worker refuses fp16: fail before submitting."""
+    tasks = make_tasks(n=2, gpus=1.0, gpu_fallback="cpu", precision="fp16")
+    with pytest.raises(SchedulerError, match=r"fp16.*gpu_fallback: cpu.*bf16"):
+        fit_resources(tasks, max_gpus=0.0, max_cpus=2.0, where="the Ray cluster")
+    fitted, _ = fit_resources(tasks, max_gpus=1.0, max_cpus=2.0, where="the Ray cluster")  # a GPU: fine
+    assert [t.resources.gpus for t in fitted] == [1.0, 1.0]
+    bf16 = make_tasks(n=2, gpus=1.0, gpu_fallback="cpu", precision="bf16")
+    fitted, notes = fit_resources(bf16, max_gpus=0.0, max_cpus=2.0, where="the Ray cluster")
+    assert [t.resources.gpus for t in fitted] == [0.0, 0.0] and "running on CPU" in notes[0]
+
+
 def test_pending_cap_orders_submissions(tmp_path, ray_cluster):
     tasks = make_tasks(n=4)
     events = []
