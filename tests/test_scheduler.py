@@ -220,3 +220,34 @@ def test_bad_address_exits_2_quickly(tmp_path):
     assert time.monotonic() - start < 30
     assert proc.returncode == 2, proc.stderr
     assert "no Ray cluster answers at '127.0.0.1:1'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rounds_deliver_every_outcome_once_after_its_start(ray_cluster):
+    """RayBackend.rounds: outcomes grouped by ray.wait round, each task started (once, in an earlier
+    round) before its outcome; a wait window smaller than the grid still collects every task."""
+    tasks = make_tasks(n=7)
+    events = []
+    backend = RayBackend(fn=fake_run_task, wait_window=2)
+    for batch in backend.rounds(tasks, on_start=lambda started: events.append(("start", [t.task_id for t in started]))):
+        assert batch and all(outcome.ok for _, outcome in batch)
+        events.append(("done", [task.task_id for task, _ in batch]))
+    started = [i for kind, ids in events if kind == "start" for i in ids]
+    finished = [i for kind, ids in events if kind == "done" for i in ids]
+    assert sorted(started) == sorted(finished) == sorted(t.task_id for t in tasks)
+    for task_id in finished:
+        start_round = next(k for k, (kind, ids) in enumerate(events) if kind == "start" and task_id in ids)
+        done_round = next(k for k, (kind, ids) in enumerate(events) if kind == "done" and task_id in ids)
+        assert start_round < done_round
+
+
+def test_a_shard_result_crosses_processes_as_arrow_ipc_unchanged():
+    import pickle
+
+    import torch
+
+    task = make_tasks(n=1)[0]
+    result = fake_run_task(task)
+    result.adversarial, result.build_seconds = torch.rand(4, 3, 2, 2), 1.25
+    back = pickle.loads(pickle.dumps(result))
+    assert back.table.equals(result.table) and back.table.schema.equals(result.table.schema, check_metadata=True)
+    assert torch.equal(back.adversarial, result.adversarial) and back.build_seconds == 1.25
