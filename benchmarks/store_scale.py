@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from bench.evaluate import ShardResult
+from bench.leaderboard import ROW_COLUMNS
 from bench.schema import ROW_SCHEMA
 from bench.store import ResultStore
 from bench.tasks import Task
@@ -38,9 +39,8 @@ from bench.tasks import Task
 DEFENSES = ("none", "lowpass", "diffpure", "freqpure", "irad")
 ATTACKS = ("pgd-eot", "bpda-eot", "autoattack-rand", "pgd-oblivious")
 SEEDS = (0, 1, 2, 3, 4)
-#: What bench.leaderboard reads (threat model columns included, for when it groups by them).
-LEADERBOARD_COLUMNS = ["dataset", "split", "classifier", "norm", "eps", "defense", "attack", "setting", "seed",
-                       "image_id", "clean_correct", "robust"]
+#: What bench.leaderboard reads (``bench.api.leaderboard`` reads only these).
+LEADERBOARD_COLUMNS = list(ROW_COLUMNS)
 
 
 def grid(n_tasks: int, rows: int) -> list[Task]:
