@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import itertools
 import os
@@ -672,10 +673,44 @@ def submit(run: str, spec: Any, tasks: Sequence[Task], store: Any,
                         failed.append((task.task_id, task.cell, _last_line(error)))
                 for task, _ in batch:
                     advance(task.cell)
+                finished = done + len(failed)
+                if finished // TRIM_EVERY_TASKS != (finished - len(batch)) // TRIM_EVERY_TASKS:
+                    _trim_heap()
     finally:
         store.end_run(run)
     return SubmitReport(run=run, total=len(tasks), skipped=len(tasks) - len(todo), done=done, failed=failed,
                         wall_seconds=time.perf_counter() - start, compute_seconds=compute, notes=notes)
+
+
+#: The driver hands memory freed by finished tasks back to the OS after this many tasks (:func:`_trim_heap`).
+TRIM_EVERY_TASKS = 1000
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None elsewhere (musl, macOS, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+def _trim_heap() -> None:
+    """Return the free memory of the driver's heap to the OS.
+
+    Ray's threads and the store allocate and free small blocks per task in several glibc arenas;
+    glibc keeps the freed pages, so the driver's resident memory grew by ~12 kB per task (10,000
+    tasks: +130 MB, ``benchmarks/scale.py``) with nothing alive in it: ``malloc_trim`` every
+    :data:`TRIM_EVERY_TASKS` tasks keeps it flat. A no-op without glibc.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _last_line(error: str) -> str:
