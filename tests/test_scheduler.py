@@ -251,3 +251,17 @@ def test_a_shard_result_crosses_processes_as_arrow_ipc_unchanged():
     back = pickle.loads(pickle.dumps(result))
     assert back.table.equals(result.table) and back.table.schema.equals(result.table.schema, check_metadata=True)
     assert torch.equal(back.adversarial, result.adversarial) and back.build_seconds == 1.25
+
+
+def test_the_driver_trims_its_heap_every_n_finished_tasks(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(scheduler, "TRIM_EVERY_TASKS", 2)
+    monkeypatch.setattr(scheduler, "_trim_heap", lambda: calls.append(1))
+    report = submit("run", SPEC, make_tasks(n=5), ResultStore(tmp_path), SerialBackend(fn=fake_run_task), progress=False)
+    assert report.done == 5 and len(calls) == 2  # after tasks 2 and 4
+    import sys
+
+    if sys.platform.startswith("linux"):
+        assert scheduler._malloc_trim() is not None
+    monkeypatch.undo()
+    scheduler._trim_heap()  # the real call: harmless
