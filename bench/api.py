@@ -176,10 +176,15 @@ def load(runs: str | Sequence[str], results: str | Path = "results", *,
         StoreError: No results there, or an unknown run (the message lists the runs), or an unknown column.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     store = open_results(results)
     table = pa.concat_tables([store.read_run(run, columns=columns) for run in _runs(runs)])
-    return table.to_pandas(strings_to_categorical=categorical)
+    if categorical:  # one dictionary per column over all its chunks (one per task file): cheap to_pandas
+        text = [pa.types.is_string(c.type) or pa.types.is_large_string(c.type) for c in table.columns]
+        table = pa.table([pc.dictionary_encode(c) if t else c for c, t in zip(table.columns, text)],
+                         names=table.column_names)
+    return table.to_pandas()
 
 
 def resolve_reference(rows: pd.DataFrame, reference: str | None | _Default) -> str | None:

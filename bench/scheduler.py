@@ -305,10 +305,10 @@ class RayBackend:
                 # ray.wait costs ~7 us per generator: waiting on all of a 10,000-task grid every round
                 # would cost the driver more than the store; the oldest tasks are the ones running
                 waitables = list(itertools.islice(pending, window))
-                ready, _ = ray.wait(waitables, num_returns=1)
-                if len(waitables) > 1:  # collect everything else that is ready in the same round
-                    more, _ = ray.wait(waitables, num_returns=len(waitables), timeout=0)
-                    ready = list({id(g): g for g in [*ready, *more]}.values())
+                # everything that is ready now; only when nothing is, block until something is
+                ready, _ = ray.wait(waitables, num_returns=len(waitables), timeout=0)
+                if not ready:
+                    ready, _ = ray.wait(waitables, num_returns=1)
                 items = self._next_items(ready, pending)
                 starts = [pending[gen] for gen, item in items if isinstance(item, Started)]
                 if starts and on_start is not None:

@@ -161,8 +161,14 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True, fsync_par
 def read_bytes(path: Path) -> bytes:
     """The content of ``path``, refusing to follow a symbolic link (``OSError`` ELOOP)."""
     fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+    try:  # os.read, not a buffered file object: this runs per task file when a run is read
+        size = os.fstat(fd).st_size
+        chunks = [os.read(fd, max(size, 1 << 16))]
+        while chunks[-1]:  # the file grew, or a short read
+            chunks.append(os.read(fd, 1 << 16))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def move(src: Path, dst: Path) -> None:
