@@ -17,7 +17,7 @@ the others is judged. The bare loops, in one process with one torch thread (what
   (task compute as the worker measures it, models built and cached by a warm-up), in each layout of
   ``bench.device.memory_format`` (``BENCH_MEMORY_FORMAT``).
 
-Printed: seconds (best of ``--repeats``), the ratio of bench (channels-last, the default) to the
+Printed: seconds (best of ``--repeats`` rounds, the variants interleaved in each), the ratio of bench (channels-last, the default) to the
 fastest bare loop with the same rule (target <= 1.05), and the robust flags that differ between
 bench and that loop and between the two layouts. At 8/255 PGD breaks every image of an undefended
 ResNet-20 within a few steps, so no flag can flip; ``--eps 1/255`` leaves survivors to compare.
@@ -135,14 +135,6 @@ def run_bench(tasks: list, data_dir: str | None) -> tuple[float, torch.Tensor]:
     return seconds, torch.tensor(flags)
 
 
-def best_of(repeats: int, fn: Callable[[], tuple[float, Any]]) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        seconds, out = fn()
-        best = min(best, seconds)
-    return best, out
-
-
 def timed(fn: Callable[[], Any]) -> Callable[[], tuple[float, Any]]:
     def run() -> tuple[float, Any]:
         start = time.perf_counter()
@@ -173,17 +165,28 @@ def resnet_cell(args: argparse.Namespace) -> None:
     model_dir = Path(args.data_dir) / "weights" if args.data_dir and (Path(args.data_dir) / "weights").is_dir() else None
     model = worker.build_classifier(tasks[0].payload["classifier"], torch.device("cpu"), model_dir)
 
-    timings: dict[str, float] = {}
-    flags: dict[str, torch.Tensor] = {}
-    variants = [("bare final, NCHW", NCHW, False), ("bare final, channels-last", CL, False),
-                ("bare early exit, NCHW", NCHW, True), ("bare early exit, channels-last", CL, True)]
-    for name, layout, early in variants:
-        timings[name], flags[name] = best_of(args.repeats, timed(
-            lambda: bare_pgd(model, x, y, steps=args.steps, eps=eps, batch=args.batch, layout=layout, early_exit=early)))
-    for name, layout in (("bench NCHW", "contiguous"), ("bench channels-last", "channels_last")):
+    def bare(layout: torch.memory_format, early: bool) -> Callable[[], tuple[float, Any]]:
+        return timed(lambda: bare_pgd(model, x, y, steps=args.steps, eps=eps, batch=args.batch, layout=layout,
+                                      early_exit=early))
+
+    def bench(layout: str) -> Callable[[], tuple[float, Any]]:
+        def run() -> tuple[float, Any]:
+            with bench_layout(layout):
+                return run_bench(tasks, args.data_dir)
+        return run
+
+    variants = {"bare final, NCHW": bare(NCHW, False), "bare final, channels-last": bare(CL, False),
+                "bare early exit, NCHW": bare(NCHW, True), "bare early exit, channels-last": bare(CL, True),
+                "bench NCHW": bench("contiguous"), "bench channels-last": bench("channels_last")}
+    for layout in ("contiguous", "channels_last"):  # warm-up: builds and caches the models in each layout
         with bench_layout(layout):
-            run_bench(tasks[:1], args.data_dir)  # warm-up: builds and caches the models in this layout
-            timings[name], flags[name] = best_of(args.repeats, lambda: run_bench(tasks, args.data_dir))
+            run_bench(tasks[:1], args.data_dir)
+    timings = {name: float("inf") for name in variants}
+    flags: dict[str, torch.Tensor] = {}
+    for _ in range(args.repeats):  # round robin: a change of the machine's load hits every variant
+        for name, run in variants.items():
+            seconds, flags[name] = run()
+            timings[name] = min(timings[name], seconds)
     fastest = min(("bare early exit, NCHW", "bare early exit, channels-last"), key=timings.get)
     report(f"PGD-{args.steps} Linf {args.eps} (step 2/255) on ResNet-20, {len(y)} images, batch {args.batch}, "
            f"1 thread, best of {args.repeats}", timings, flags, fastest, 1.05,
