@@ -125,8 +125,8 @@ def _library_component(component: str, attack: Any, n_iter: int, apgd_restarts: 
     if component in ("fab", "fab-t"):  # prediction; per run 2 + n_iter forwards, n_iter gradients, a check
         runs = AA_TARGET_CLASSES if component == "fab-t" else (1 if attack.version == "standard" else 5)
         return runs * float(n_iter), 1.0 + runs * (3.0 + n_iter)
-    if component == "square":  # two predictions, the initial margin, the queries, a check
-        return 0.0, (attack.n_queries or 5000) + 4.0
+    if component == "square":  # the prediction, the initial margin, the queries, a check
+        return 0.0, (attack.n_queries or 5000) + 3.0
     raise ValueError(f"unknown AutoAttack component {component!r}")
 
 

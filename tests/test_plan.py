@@ -163,3 +163,30 @@ def test_plan_command(tmp_path):
     assert "| none | pgd-eot | full | any | 4 | 12 | 1 | 1 + 2 + 1 = 4 (upper bound) | 48 | - |" in out.output
     bad = CliRunner().invoke(main, ["plan", str(job), "--gpu", "Z80"])
     assert bad.exit_code == 2 and "A100" in bad.output
+
+
+def test_autoattack_standard_on_a_deterministic_defense_is_counted_as_the_library_runs_it(tmp_path, data_dir):
+    """One library call per component, each with pyautoattack's 7 sanity forwards (the randomness
+    check outside version rand), its clean and robustness forwards: hand-counted, and never below
+    what a run records (images that survive every component reach the bound)."""
+    job = {k: v for k, v in _job(str(tmp_path / "log.txt"), eps="0.25/255").items() if k != "backbones"}
+    job |= {"defenses": ["none"], "seeds": [0],
+            "attacks": [{"name": "aa", "type": "autoattack", "version": "standard", "n_iter": 2, "n_queries": 10}]}
+    tasks = expand_tasks(parse_job(job, "plan.yaml"))
+    (cell,) = _cells(tasks).values()
+    checks = 7 + 2  # sanity forwards + the clean and robustness forwards of each call
+    apgd_ce = (1 * (2 + 1), 1)                  # (gradients, forwards): restarts x (n_iter + 1); prediction
+    apgd_t = (9 * (2 + 1), 1 + 9)               # 9 targets x (n_iter + 1); prediction + one per target
+    fab_t = (9 * 2, 1 + 9 * (3 + 2))            # 9 targets x n_iter; prediction + (3 + n_iter) per target
+    square = (0, 10 + 3)                        # prediction + initial margin + n_queries + check
+    parts = (apgd_ce, apgd_t, fab_t, square)
+    assert cell.gradient_passes == sum(g for g, _ in parts)
+    assert cell.forward_passes == sum(f for _, f in parts) + 4 * checks
+    assert (cell.nfe_clean, cell.nfe_adversarial, cell.exact, cell.rule) == (1, 1, False, "any")
+    worker.clear_caches()
+    reached = False
+    for task in tasks:
+        rows = [r for r in worker.run_task(task, data_dir=data_dir).table.to_pylist() if r["attacked"]]
+        assert rows and all(r["net_evals"] <= cell.nfe_per_image + 1e-9 for r in rows)
+        reached |= not any(r["broken_by"] for r in rows) and rows[0]["net_evals"] == pytest.approx(cell.nfe_per_image)
+    assert reached  # a shard whose images all survived costs exactly the count

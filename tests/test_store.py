@@ -627,3 +627,19 @@ def test_a_driver_killed_while_writing_a_round_loses_and_duplicates_nothing(tmp_
     rows = store.read_run("run").to_pandas()
     assert len(rows) == 24 and not rows.duplicated(["task_id", "image_id"]).any()
     assert {r.status for r in store.tasks("run")} == {DONE}
+
+
+def test_without_syncfs_a_round_is_flushed_file_by_file(tmp_path, monkeypatch):
+    """Where there is no syncfs (not Linux), each file of the round is fsynced before its rename."""
+    from bench.store import Finished, atomic
+
+    def no_syncfs(fd):
+        raise NotImplementedError("syncfs is Linux-only")
+
+    monkeypatch.setattr(atomic, "_syncfs", no_syncfs)
+    tasks = make_tasks(n=3)
+    store = ResultStore(tmp_path)
+    store.begin_run("run", SPEC, tasks)
+    synced = _count_calls(monkeypatch, atomic, "_fsync")
+    assert store.record_results([Finished(t, fake_run_task(t), 0.5) for t in tasks]) == [None] * 3
+    assert len(synced) == 3 and {r.status for r in store.tasks("run")} == {DONE}
