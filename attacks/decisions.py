@@ -44,7 +44,7 @@ class Decisions:
         return self.live.numel() == 0
 
     def check(self, x_live: Tensor, *, at: int | None = None, by: str | None = None,
-              among: Tensor | None = None) -> Tensor:
+              among: Tensor | None = None, logits: Tensor | None = None) -> Tensor:
         """Judge the points of the live samples and stop attacking the broken ones.
 
         Args:
@@ -53,6 +53,9 @@ class Decisions:
             by: Component that produced them (recorded for the broken samples).
             among: Bool mask over the rows: judge only these (the others keep their previous point
                 and verdict). Default: every row.
+            logits: The points' logits through the real deterministic defense, computed by the
+                attack's own forward (``DefendedModel.forward_is_verdict``): the judge turns them
+                into its verdict (``VoteJudge.verdict_of``) instead of forwarding the points again.
 
         Returns:
             Bool mask over the rows of ``x_live``: True for the samples still attacked.
@@ -66,7 +69,10 @@ class Decisions:
         self.x_adv[pos] = points.to(self.x_adv.dtype)
         if self.judge is None:
             return keep
-        pred, votes = self.judge(points)
+        if logits is not None and hasattr(self.judge, "verdict_of"):
+            pred, votes = self.judge.verdict_of(logits[rows])
+        else:
+            pred, votes = self.judge(points)
         if self.pred is None:
             self.pred = torch.full_like(self.y, -1)
             self.votes = torch.zeros(len(self.y), votes.shape[1], dtype=votes.dtype, device=votes.device)

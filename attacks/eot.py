@@ -22,7 +22,9 @@ Success rules (README "Success rules"), applied by :meth:`EOTGradientAttack.run`
 ``final`` judges the last iterate; ``any`` judges every ``check_every``-th iterate and the last one,
 keeps the first breaking iterate and stops attacking that sample. On a deterministic defense whose
 forward is the real defense (``forward_decides``) the logits each step computes anyway decide every
-iterate exactly, so the rule there is ``any`` at no extra cost (the judge confirms each break once).
+iterate exactly, so the rule there is ``any`` at no extra cost: in mode ``full`` those logits are the
+judge's verdict (``DefendedModel.forward_is_verdict``: the same function of the same input), in mode
+``bpda`` (a forward value rounded differently) the judge confirms each break once.
 In the oblivious setting the rule is ``final`` whatever ``success`` says.
 """
 
@@ -82,24 +84,27 @@ def eot_gradient(model: nn.Module, x: Tensor, y: Tensor, draws: int, chunk: int,
     if average not in EOT_AVERAGES:
         raise ValueError(f"EOT average {average!r} is not one of {EOT_AVERAGES}")
     n = x.shape[0]
-    grad = torch.zeros_like(x)
+    grad: Tensor | None = None
     logit_sum: Tensor | None = None
     x_in = x.detach().requires_grad_(True)
     done = 0
     while done < draws:
         copies = min(chunk, draws - done)
-        logits = model(x_in.repeat(copies, *([1] * (x.dim() - 1))))  # row k*n + i = copy k of image i
-        part = logits.view(copies, n, -1).sum(0)
+        # row k*n + i = copy k of image i; torch.cat keeps the memory format (Tensor.repeat returns
+        # NCHW-contiguous, a layout conversion per call for channels-last images), one copy is no copy
+        logits = model(x_in if copies == 1 else torch.cat([x_in] * copies))
+        part = logits if copies == 1 else logits.view(copies, n, -1).sum(0)
         if average == "loss":
-            loss = F.cross_entropy(logits, y.repeat(copies), reduction="sum") / draws
-            grad += torch.autograd.grad(loss, x_in)[0]
+            loss = F.cross_entropy(logits, y if copies == 1 else y.repeat(copies), reduction="sum") / draws
+            (g,) = torch.autograd.grad(loss, x_in)
+            grad = g if grad is None else grad.add_(g)
             part = part.detach()
         logit_sum = part if logit_sum is None else logit_sum + part
         done += copies
     if average == "logits":
-        loss = F.cross_entropy(logit_sum / draws, y, reduction="sum")
-        grad = torch.autograd.grad(loss, x_in)[0]
-    return EOTStep(grad, (logit_sum / draws).detach())
+        loss = F.cross_entropy(logit_sum if draws == 1 else logit_sum / draws, y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_in)
+    return EOTStep(grad, (logit_sum if draws == 1 else logit_sum / draws).detach())
 
 
 class EOTGradientAttack(Attack):
@@ -182,6 +187,7 @@ class EOTGradientAttack(Attack):
     def _iterate(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, book: Decisions) -> Decisions:
         """Projected gradient ascent from ``start``; the working tensors hold the live samples only."""
         exact = book.judge is not None and forward_decides(model)
+        verdicts = exact and bool(getattr(model, "forward_is_verdict", False))  # the step logits are the verdict
         checks_on_the_way = book.judge is not None and not exact and self.success_rule(model).startswith("any")
         with eval_mode(model):
             x, draws = x.detach(), self.draws_for(model)
@@ -190,12 +196,14 @@ class EOTGradientAttack(Attack):
                 grad, logits = eot_gradient(model, x_adv, y, draws, copies_per_forward(len(y), draws, self.eot_chunk),
                                             self.eot_average)
                 if exact:  # these logits are the defense's exact decision on iterate t - 1
-                    keep = book.check(x_adv, at=t - 1, among=logits.argmax(1) != y)
-                    x_adv, x, y, grad = x_adv[keep], x[keep], y[keep], grad[keep]
+                    keep = book.check(x_adv, at=t - 1, among=logits.argmax(1) != y, logits=logits if verdicts else None)
+                    if not bool(keep.all()):
+                        x_adv, x, y, grad = x_adv[keep], x[keep], y[keep], grad[keep]
                 x_adv = self.project(self.ascent_step(x_adv, grad), x).detach()
                 if t == self.steps or (checks_on_the_way and t % self.check_every == 0):
                     keep = book.check(x_adv, at=t)
-                    x_adv, x, y = x_adv[keep], x[keep], y[keep]
+                    if not bool(keep.all()):
+                        x_adv, x, y = x_adv[keep], x[keep], y[keep]
                 if book.done:
                     break
         return book

@@ -160,19 +160,31 @@ def open_results(results: str | Path = "results", *, writable: bool = False,
     return ResultStore(results, readonly=not writable, log=log)
 
 
-def load(runs: str | Sequence[str], results: str | Path = "results") -> pd.DataFrame:
+def load(runs: str | Sequence[str], results: str | Path = "results", *,
+         columns: Sequence[str] | None = None, categorical: bool = False) -> pd.DataFrame:
     """The current per-sample rows of one or more runs (``bench.schema.ROW_SCHEMA`` columns).
 
     Args:
         runs: A run name or several; rows of several runs are concatenated (each row names its run).
         results: Results directory (default ``results``).
+        columns: Read only these columns (default None: all); e.g.
+            ``bench.leaderboard.ROW_COLUMNS``, what the leaderboard needs.
+        categorical: Text columns as pandas categoricals (default False: strings); grouping a
+            large run by them is much faster (the leaderboard reads them so).
 
     Raises:
-        StoreError: No results there, or an unknown run (the message lists the runs).
+        StoreError: No results there, or an unknown run (the message lists the runs), or an unknown column.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     store = open_results(results)
-    tables = [store.read_run(run).to_pandas() for run in _runs(runs)]
-    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    table = pa.concat_tables([store.read_run(run, columns=columns) for run in _runs(runs)])
+    if categorical:  # one dictionary per column over all its chunks (one per task file): cheap to_pandas
+        text = [pa.types.is_string(c.type) or pa.types.is_large_string(c.type) for c in table.columns]
+        table = pa.table([pc.dictionary_encode(c) if t else c for c, t in zip(table.columns, text)],
+                         names=table.column_names)
+    return table.to_pandas()
 
 
 def resolve_reference(rows: pd.DataFrame, reference: str | None | _Default) -> str | None:
@@ -183,8 +195,8 @@ def resolve_reference(rows: pd.DataFrame, reference: str | None | _Default) -> s
     return reference or None
 
 
-def _rows_with_results(runs: list[str], results: str | Path) -> pd.DataFrame:
-    rows = load(runs, results)
+def _rows_with_results(runs: list[str], results: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    rows = load(runs, results, columns=columns, categorical=columns is not None)
     empty = [run for run in runs if not (rows["run"] == run).any()]
     if empty:
         raise _lb.LeaderboardError(
@@ -201,7 +213,7 @@ def leaderboard(runs: str | Sequence[str], results: str | Path = "results", *,
         results: Results directory.
         reference: Defense for the paired tests (``DEFAULT``: ``none`` when present; None: no test).
     """
-    rows = _rows_with_results(_runs(runs), results)
+    rows = _rows_with_results(_runs(runs), results, columns=_lb.ROW_COLUMNS)
     return _lb.leaderboard(rows, reference=resolve_reference(rows, reference))
 
 

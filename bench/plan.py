@@ -9,15 +9,30 @@ row column in ``bench/evaluate.py``::
 
     NFE = K (1 + c)                                  clean decision
         + (G + F) (1 + c_att)                        attack: G gradient passes, F forward-only passes
-        + K (1 + c)                                  adversarial decision
+        + J K (1 + c)                                the judge: J K-vote decisions of the real defense
 
-``G`` and ``F`` per image come from the attack's configuration (:func:`attack_passes`): PGD-EOT and
-BPDA+EOT make ``steps x draws x restarts`` gradient passes (draws = ``eot``, or 1 against a
-deterministic model, as ``attacks/pgd_eot.py`` does); AutoAttack follows pyautoattack's components
-(APGD-CE/DLR ``restarts x (n_iter + 1) x eot_iter``, APGD-T and FAB-T ``9 targets x ...``, Square
-``n_queries`` forwards, plus one check forward per component). Every image is counted as attacked
-and every early exit (AutoAttack drops broken images; a clean-wrong image is never attacked) is
-ignored, so the figures are upper bounds; PGD-type cells on clean-correct images hit them exactly.
+``G``, ``F`` and ``J`` per attacked image follow what the attacks do (:func:`attack_passes`; the
+success rules of README "Success rules"):
+
+- PGD-EOT / BPDA+EOT: ``G = steps x draws`` (draws = ``eot``, 1 on a deterministic or oblivious
+  model). ``J = 1`` under ``final`` (the last iterate is judged; no early exit: exact) and when the
+  model's forward decides (a deterministic defense in ``full``/``bpda``: the step's logits decide,
+  the judge confirms a break once, a broken image stops early); ``J = ceil(steps / check_every)``
+  under ``any`` / ``any:N`` elsewhere (every N-th iterate and the last one of each still-unbroken image).
+- AutoAttack on a stochastic model (rule ``best-loss``): per APGD component and restart (APGD-T: per
+  target class) one ``attack_single_run`` of ``(n_iter + 1) x eot_iter`` gradients (APGD-T: plus the
+  forward that picks the target) and one judgement of its best-loss point.
+- AutoAttack on a deterministic (or oblivious) model runs the library one call per component on the
+  samples no earlier component broke; each call makes pyautoattack's sanity forwards (range and
+  dynamic checks, 5 more for the randomness check outside ``version: rand``), its clean forward, the
+  component's passes (APGD: the prediction forward and ``restarts x (n_iter + 1)`` gradients; APGD-T:
+  per target class a target forward and ``n_iter + 1`` gradients; FAB and Square: the budget's
+  iterations / queries) and its robustness forward; then the judge decides once (``J = 1``).
+
+Early exits (a broken image is no longer attacked or judged; an image misclassified clean is never
+attacked) make every count except the ``final`` rule an upper bound (``CellPlan.exact`` False); the
+bound is reached by an image that is never broken. The one case above a bound: on a deterministic
+defense whose step logits and judge disagree at a float-noise tie, the judge is asked once more.
 
 Time. A short calibration builds the job's classifier and each defense the way the worker does
 (``bench.worker.build_classifier`` / ``build_defense``) on the present device and times, per image at
@@ -66,11 +81,18 @@ ESTIMATE_FILE = "plan.json"
 # -- counting -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttackPasses:
-    """Passes of the attacked model per image: with gradient (forward+backward) and forward only."""
+    """What one attacked image costs inside ``attack.run``: passes of the attacked model with gradient
+    (forward+backward) and forward only, and K-vote judgements of the real defense."""
 
     gradient: float
     forward: float
-    exact: bool = True  # False: an upper bound of a data-dependent count, or a generic guess
+    judgements: float
+    exact: bool = True  # False: an upper bound (early exits), or a generic guess
+
+
+#: pyautoattack's sanity forwards at the start of every ``run_standard_evaluation`` call
+#: (``check_range_output`` and ``check_dynamic``), and ``check_randomized``'s, made outside ``version: rand``
+AA_CHECK_FORWARDS, AA_RANDOMIZED_CHECK_FORWARDS = 2, 5
 
 
 def _aa_components(attack: Any) -> list[str]:
@@ -81,45 +103,79 @@ def _aa_components(attack: Any) -> list[str]:
     return list(attack.attacks)
 
 
-def attack_passes(attack: Any, stochastic_model: bool) -> AttackPasses:
-    """Upper bound of the passes one image costs inside ``attack.perturb``.
+def _eot_passes(attack: Any, model: Any) -> AttackPasses:
+    """PGD-EOT / BPDA+EOT (``attacks/eot.py``): all steps, and the judgements of the success rule."""
+    from attacks.base import forward_decides
+
+    gradient = float(attack.steps * attack.draws_for(model))
+    if forward_decides(model):  # the step's logits decide; the judge confirms a break once
+        return AttackPasses(gradient, 0.0, 1.0, exact=False)
+    if attack.success_rule(model).startswith("any"):  # every check_every-th iterate and the last
+        return AttackPasses(gradient, 0.0, float(math.ceil(attack.steps / attack.check_every)), exact=False)
+    return AttackPasses(gradient, 0.0, 1.0)  # final: every step, one judgement, no early exit
+
+
+def _library_component(component: str, attack: Any, n_iter: int, apgd_restarts: int) -> tuple[float, float]:
+    """(gradient, forward) passes per image of one pyautoattack component as the library runs it
+    (deterministic model: one EOT draw); FAB's per-class backward passes count as one gradient pass."""
+    if component in ("apgd-ce", "apgd-dlr"):  # the prediction forward, then the restarts
+        return apgd_restarts * (n_iter + 1.0), 1.0
+    if component == "apgd-t":  # prediction, and per target class its target forward and one run
+        return AA_TARGET_CLASSES * (n_iter + 1.0), 1.0 + AA_TARGET_CLASSES
+    if component in ("fab", "fab-t"):  # prediction; per run 2 + n_iter forwards, n_iter gradients, a check
+        runs = AA_TARGET_CLASSES if component == "fab-t" else (1 if attack.version == "standard" else 5)
+        return runs * float(n_iter), 1.0 + runs * (3.0 + n_iter)
+    if component == "square":  # the prediction, the initial margin, the queries, a check
+        return 0.0, (attack.n_queries or 5000) + 3.0
+    raise ValueError(f"unknown AutoAttack component {component!r}")
+
+
+def _autoattack_passes(attack: Any, model: Any) -> AttackPasses:
+    """AutoAttack (``attacks/autoattack.py``): judged APGD runs on a stochastic model, else the library."""
+    from attacks.base import is_stochastic
+
+    n_iter = attack.n_iter or 100
+    apgd_restarts = attack.restarts or (1 if attack.version in ("standard", "rand") else 5)
+    grad = fwd = judgements = 0.0
+    if is_stochastic(model):  # every APGD run's best-loss point is judged (FAB, Square are refused there)
+        eot = attack.eot_iter or (20 if attack.version == "rand" else 1)
+        for component in _aa_components(attack):
+            if component == "apgd-t":  # the library's targeted APGD: 1 restart, 1 EOT draw per target
+                grad += AA_TARGET_CLASSES * (n_iter + 1.0)
+                fwd += AA_TARGET_CLASSES
+                judgements += AA_TARGET_CLASSES
+            else:
+                grad += apgd_restarts * (n_iter + 1.0) * eot
+                judgements += apgd_restarts
+        return AttackPasses(grad, fwd, judgements, exact=False)
+    checks = AA_CHECK_FORWARDS + (AA_RANDOMIZED_CHECK_FORWARDS if attack.version != "rand" else 0)
+    for component in _aa_components(attack):  # one library call per component
+        g, f = _library_component(component, attack, n_iter, apgd_restarts)
+        grad, fwd = grad + g, fwd + f + checks + 2  # + the call's clean and robustness forwards
+    return AttackPasses(grad, fwd, 1.0, exact=False)
+
+
+def attack_passes(attack: Any, model: Any) -> AttackPasses:
+    """Upper bound of what one attacked image costs inside ``attack.run`` (module docstring).
 
     Args:
         attack: A built attack (``bench.worker.build_attack``).
-        stochastic_model: Whether the model it attacks is stochastic (EOT draws collapse to 1 otherwise).
+        model: The model the attack sees (a ``DefendedModel`` in the cell's mode; its flags
+            ``stochastic``, ``forward_decides`` and ``mode`` decide draws and success rules).
     """
+    from attacks.autoattack import AutoAttackRand
+    from attacks.eot import EOTGradientAttack
+
     if not getattr(attack, "crafts", True):
-        return AttackPasses(0.0, 0.0)
+        return AttackPasses(0.0, 0.0, 0.0)
+    if isinstance(attack, EOTGradientAttack):
+        return _eot_passes(attack, model)
+    if isinstance(attack, AutoAttackRand):
+        return _autoattack_passes(attack, model)
+    # an attack this planner does not know: its budget, judged once, is the best guess
     budget = attack.budget()
-    kind = type(attack).__name__
-    if hasattr(attack, "draws_for") and hasattr(attack, "steps"):  # PGD-EOT, BPDA+EOT
-        draws = attack.eot if stochastic_model else 1
-        return AttackPasses(float(budget.steps * draws * budget.restarts), 0.0)
-    if kind == "AutoAttackRand":
-        n_iter = attack.n_iter or 100
-        components = _aa_components(attack)
-        standard = attack.version == "standard"
-        apgd_restarts = attack.restarts or (1 if attack.version in ("standard", "rand") else 5)
-        apgd_eot = attack.eot_iter or (20 if attack.version == "rand" else 1)
-        grad = fwd = 0.0
-        for comp in components:
-            if comp in ("apgd-ce", "apgd-dlr"):
-                grad += apgd_restarts * (n_iter + 1) * apgd_eot
-            elif comp == "apgd-t":
-                grad += AA_TARGET_CLASSES * (n_iter + 1)
-            elif comp == "fab-t":  # one gradient and one check forward per iteration and target
-                grad += AA_TARGET_CLASSES * n_iter
-                fwd += AA_TARGET_CLASSES * n_iter
-            elif comp == "fab":  # untargeted FAB differentiates every logit: ~10 gradients per iteration
-                restarts = 1 if standard else 5
-                grad += restarts * n_iter * 10
-                fwd += restarts * n_iter
-            elif comp == "square":
-                fwd += (attack.n_queries or 5000) + 1
-        fwd += 1 + len(components)  # the clean check and one robustness check after each component
-        return AttackPasses(float(grad), float(fwd), exact=False)
-    # an attack this planner does not know: its budget is the best guess
-    return AttackPasses(float(max(budget.steps, 1) * max(budget.eot, 1) * max(budget.restarts, 1)), 0.0, exact=False)
+    return AttackPasses(float(max(budget.steps, 1) * max(budget.eot, 1) * max(budget.restarts, 1)), 0.0, 1.0,
+                        exact=False)
 
 
 def _mode(task: Task, attack: Any) -> str:
@@ -138,6 +194,15 @@ def _attack_cost(defense: Any, mode: str) -> float:
     return 1.0 + float(defense.cost())
 
 
+def attacked_model(defense: Any, mode: str) -> Any:
+    """A ``DefendedModel`` in ``mode`` around an identity classifier: the flags the attack reads
+    (stochastic, forward_decides, mode) without building or running the classifier."""
+    from bench.rng import RngStream
+    from defenses.defended import DefendedModel
+
+    return DefendedModel(torch.nn.Identity(), defense, mode, RngStream(0, "plan", "flags"))
+
+
 @dataclass
 class CellPlan:
     """Counts and estimates of one defense x attack cell (all seeds and shards)."""
@@ -149,11 +214,13 @@ class CellPlan:
     images: int                 # image evaluations: images x seeds
     votes: int                  # K used (1 for a deterministic defense)
     nfe_clean: float            # per image
-    nfe_attack: float           # per image (upper bound)
-    nfe_adversarial: float      # per image (upper bound: every image attacked)
+    nfe_attack: float           # per image (upper bound unless exact)
+    nfe_adversarial: float      # per image: the judge's K-vote decisions (upper bound unless exact)
     gradient_passes: float      # per image, each 1 + c_att evaluations
     forward_passes: float       # per image, attack forwards without gradient
-    exact: bool                 # the attack count is exact (else an upper bound / guess)
+    exact: bool                 # no early exit: every attacked image costs exactly this (else an upper bound)
+    judgements: float           # per image, K-vote decisions of the judge during and after the attack
+    rule: str                   # the success rule the attack applies on this cell's model
     seconds: float | None = None        # estimated on the calibration device
     gpu_seconds: float | None = None    # projected to the named GPU
     flops: float | None = None          # total floating-point operations
@@ -190,17 +257,17 @@ def count_cells(tasks: Sequence[Task], build_defense: Any, build_attack: Any,
         defense, attack = build_defense(p["defense"]["config"]), build_attack(p["attack"])
         stochastic = bool(is_stochastic(p["defense"]["config"]))
         mode = _mode(cell_tasks[0], attack)
+        model = attacked_model(defense, mode)
         k = int(p["votes"]) if stochastic else 1
         c = float(defense.cost())
-        passes = attack_passes(attack, stochastic and mode != "oblivious")
-        c_att = _attack_cost(defense, mode)
+        passes = attack_passes(attack, model)
         nfe_clean = k * (1.0 + c)
-        nfe_attack = (passes.gradient + passes.forward) * c_att
-        nfe_adv = nfe_clean if passes.gradient + passes.forward > 0 else 0.0
         plans.append(CellPlan(
             defense=d, attack=a, mode=mode, tasks=len(cell_tasks), images=sum(len(t.image_ids) for t in cell_tasks),
-            votes=k, nfe_clean=nfe_clean, nfe_attack=nfe_attack, nfe_adversarial=nfe_adv,
-            gradient_passes=passes.gradient, forward_passes=passes.forward, exact=passes.exact))
+            votes=k, nfe_clean=nfe_clean, nfe_attack=(passes.gradient + passes.forward) * _attack_cost(defense, mode),
+            nfe_adversarial=passes.judgements * nfe_clean, gradient_passes=passes.gradient,
+            forward_passes=passes.forward, exact=passes.exact, judgements=passes.judgements,
+            rule=attack.success_rule(model) if attack.crafts else "none"))
     return plans
 
 
@@ -290,10 +357,10 @@ def calibrate(classifier: torch.nn.Module, defense: Any, mode: str, *, images: i
 def apply_times(cell: CellPlan, times: PassTimes, gpu_flops: float | None) -> None:
     """Fill ``cell.seconds``, ``cell.flops`` and ``cell.gpu_seconds`` from per-image pass costs.
 
-    Decisions cost ``votes`` evaluation passes each (clean, and adversarial when the cell attacks);
+    Decisions cost ``votes`` evaluation passes each (the clean one, and the judge's ``judgements``);
     the attack costs its gradient and forward passes of the attacked model.
     """
-    decisions = cell.votes * (2 if cell.nfe_adversarial else 1)
+    decisions = cell.votes * (1 + cell.judgements)
     seconds = decisions * times.eval_seconds + cell.gradient_passes * times.gradient_seconds \
         + cell.forward_passes * times.forward_seconds
     flops = decisions * times.eval_flops + cell.gradient_passes * times.gradient_flops \

@@ -116,3 +116,19 @@ class VoteJudge:
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pred, counts = predict_with_votes(self.model, x.detach(), self.votes, self.batch_size, self.num_classes)
         return pred, as_k_votes(counts, self.votes)
+
+    def verdict_of(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The verdict on images whose logits through the real (deterministic) defense are already
+        computed — by an attack whose forward is the evaluation function
+        (``DefendedModel.forward_is_verdict``): the judge's own forward would give the same numbers.
+
+        Raises:
+            ValueError: the judge's defense is stochastic (one forward is not K votes).
+        """
+        _, stochastic = _evaluation_logits(self.model)
+        if stochastic:
+            raise ValueError("one forward of a stochastic defense is not a K-vote verdict")
+        pred = logits.detach().argmax(dim=1)
+        classes = self.num_classes or logits.shape[1]
+        counts = torch.nn.functional.one_hot(pred, classes).to(torch.int32) * self.votes
+        return pred, counts

@@ -62,6 +62,14 @@ class DefendedModel(nn.Module):
         breaking iterate from the logits they compute anyway (``attacks/eot.py``)."""
         return not self.defense.stochastic and self.mode in ("full", "bpda")
 
+    @property
+    def forward_is_verdict(self) -> bool:
+        """Whether one forward computes exactly what the judge computes: a deterministic defense in
+        mode ``full`` (``classifier(purify(x))``, the evaluation function itself). Its logits are then
+        the K-vote verdict (K equal votes), and recomputing them would only repeat the work. (In mode
+        ``bpda`` the forward's value ``x + (purify(x) - x)`` is rounded differently: not the verdict.)"""
+        return not self.defense.stochastic and self.mode == "full"
+
     def _generator(self, x: Tensor) -> torch.Generator | None:
         return self.rng.next(x.device) if self.defense.stochastic else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from bench import api
@@ -20,7 +21,7 @@ attacks: [{type: pgd-eot, steps: 2, step_size: 1/255, eot: 1}]
 """
 
 
-def test_submit_load_leaderboard_round_trip(tmp_path, data_dir):
+def test_submit_load_leaderboard_round_trip(tmp_path, data_dir, monkeypatch):
     job = tmp_path / "job.yaml"
     job.write_text(JOB)
     results = tmp_path / "results"
@@ -31,6 +32,17 @@ def test_submit_load_leaderboard_round_trip(tmp_path, data_dir):
     assert set(rows["eps"].round(6)) == {round(2 / 255, 6)} and set(rows["classifier"]) == {"resnet20"}
     table = api.leaderboard("api-demo", results=results)
     assert {"none", "lp"} <= set(table["defense"])
+    # the leaderboard reads only the columns it aggregates, as categoricals: the same table
+    from bench.leaderboard import ROW_COLUMNS, leaderboard
+    from bench.store import ResultStore
+
+    asked = []
+    read_run = ResultStore.read_run
+    monkeypatch.setattr(ResultStore, "read_run", lambda self, run, columns=None: asked.append(columns)
+                        or read_run(self, run, columns=columns))
+    pd.testing.assert_frame_equal(api.leaderboard("api-demo", results=results), table)
+    assert asked == [list(ROW_COLUMNS)] or asked == [ROW_COLUMNS]
+    pd.testing.assert_frame_equal(leaderboard(rows, reference="none"), table)
     # a second submit of the unchanged job runs nothing and the rows stay the same
     again = api.submit(job, results=results, address="serial", data_dir=data_dir, progress=False, log=lambda m: None)
     assert (again.done, again.skipped) == (0, 8)

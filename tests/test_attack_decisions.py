@@ -115,3 +115,51 @@ def test_any_iterate_rule_finds_more_broken_samples_than_the_final_iterate(data_
     broken_at = {rule: [r["broken_at"] for r in rows[rule] if r["attacked"] and not r["robust"]] for rule in rows}
     assert set(broken_at["final"]) == {steps}
     assert all(1 <= b <= steps for b in broken_at["any"]) and min(broken_at["any"]) < steps
+
+
+@pytest.mark.parametrize("mode", ["full", "bpda"])
+def test_the_step_logits_are_the_verdict_only_where_they_are_the_evaluation_function(data_dir, resnet20, monkeypatch,
+                                                                                     mode):
+    """Deterministic defense, early exit: in mode full a break found by a step's forward is recorded
+    from those logits (no second forward of the same function), with the rows the judge's own forward
+    gives; in mode bpda (a forward value rounded differently) the judge still confirms every break."""
+    from defenses.defended import DefendedModel
+
+    x, y, ids = images(data_dir, 24)
+    defense = DEFENSES.create("lowpass", cutoff=14)
+
+    def run(attack):
+        cell = CellInfo(run="t", dataset="cifar10", split="test", classifier="resnet20", defense="d", defense_type="d",
+                        defense_config="{}", attack="a", attack_type="pgd-eot", attack_config="{}")
+        return evaluate_shard(x, y, ids, classifier=resnet20, defense=defense, attack=attack, gradient=mode,
+                              setting="adaptive", votes=3, seed=0, task_id="e" * 64, cell=cell).table.to_pylist()
+
+    attack = PGDEOT(eps=2 / 255, steps=4, step_size=1 / 255, eot=1)
+    rows = run(attack)
+    monkeypatch.setattr(DefendedModel, "forward_is_verdict", property(lambda self: False))
+    confirmed = run(attack)  # every break confirmed by the judge's own forward
+    monkeypatch.undo()
+    attacked = [r for r in rows if r["attacked"]]
+    early = [r for r in attacked if r["broken_at"] is not None and r["broken_at"] < 4]
+    assert early and any(r["robust"] for r in attacked)  # breaks on the way and survivors
+    for r, c in zip(rows, confirmed):
+        for column in ("adv_pred", "adv_votes", "robust", "broken_at", "broken_by", "linf"):
+            assert r[column] == c[column], column
+        assert sum(r["adv_votes"]) == 3
+    forwards = sum(r["net_evals"] for r in attacked) - sum(c["net_evals"] for c in confirmed if c["attacked"])
+    # full: one judge forward fewer per early break (net_evals: classifier + lowpass cost 0); bpda: the same
+    assert forwards == pytest.approx(-len(early) if mode == "full" else 0.0)
+
+
+def test_one_forward_of_a_stochastic_defense_is_never_a_verdict(data_dir, resnet20):
+    from bench.rng import RngStream
+    from bench.voting import VoteJudge
+    from defenses.defended import DefendedModel
+
+    noisy = DefendedModel(resnet20, DEFENSES.create("noisy", sigma=0.04), "full", RngStream(0, "t", "j"))
+    assert not noisy.forward_is_verdict
+    with pytest.raises(ValueError, match="stochastic"):
+        VoteJudge(noisy, 5).verdict_of(torch.zeros(2, 10))
+    clean = DefendedModel(resnet20, DEFENSES.create("none"), "full", RngStream(0, "t", "j"))
+    pred, votes = VoteJudge(clean, 5, num_classes=10).verdict_of(torch.tensor([[0.0, 2.0] + [0.0] * 8]))
+    assert pred.tolist() == [1] and votes.tolist() == [[0, 5] + [0] * 8]

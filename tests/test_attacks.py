@@ -333,3 +333,27 @@ def test_parameter_ranges_are_declared_and_enforced(params, match, tmp_path):
         path.write_text(yaml.safe_dump(job))
         with pytest.raises(JobSpecError, match=rf"attacks\[0\]\.{match}"):
             load_job(path)
+
+
+def test_eot_copies_keep_the_memory_format_and_the_gradient():
+    """EOT copies of channels-last images reach the model channels-last (Tensor.repeat would return
+    NCHW-contiguous: a layout conversion per call), and the gradient equals the NCHW computation."""
+    from attacks.eot import eot_gradient
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    net(torch.zeros(1, 3, 8, 8))
+    layouts = []
+
+    def model(x):
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+        return net(x)
+
+    x = torch.rand(5, 3, 8, 8)
+    y = torch.randint(0, 10, (5,))
+    for chunk in (1, 3):
+        layouts.clear()
+        step = eot_gradient(model, x.contiguous(memory_format=torch.channels_last), y, draws=3, chunk=chunk)
+        assert layouts and all(layouts)
+        reference = eot_gradient(net, x, y, draws=3, chunk=chunk)
+        assert torch.allclose(step.grad, reference.grad, atol=1e-6) and torch.allclose(step.logits, reference.logits)

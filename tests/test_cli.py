@@ -115,6 +115,18 @@ def test_gpu_job_on_a_machine_without_gpu_exits_2(tmp_path, data_dir):
     assert result.exit_code == 2 and "GPU" in result.output and "gpu_fallback" in result.output
 
 
+def test_fp16_job_falling_back_to_cpu_exits_2_before_submission(tmp_path, data_dir):
+    job = tmp_path / "fp16.yaml"
+    job.write_text(GOOD_JOB + "precision: fp16\nresources: {gpus: 1, cpus: 1, gpu_fallback: cpu}\n")
+    result = CliRunner().invoke(main, ["submit", str(job), "--results", str(tmp_path / "r"), "--address", "serial",
+                                       "--data-dir", str(data_dir)])
+    assert result.exit_code == 2, result.output
+    assert "fp16" in result.output and "gpu_fallback: cpu" in result.output and "bf16" in result.output
+    assert "Traceback" not in result.output
+    store = ResultStore(tmp_path / "r", readonly=True)
+    assert {r.status for r in store.tasks("cli-test")} == {"pending"}  # no task ran
+
+
 def test_status_and_leaderboard_of_a_stored_run(tmp_path):
     results = tmp_path / "results"
     store = ResultStore(results)

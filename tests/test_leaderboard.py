@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.leaderboard import WORST_CASE, LeaderboardError, default_reference, leaderboard, threat_models
+from bench.leaderboard import (WORST_CASE, LeaderboardError, categorical_text, default_reference, leaderboard,
+                               threat_models)
 from bench.stats import EXACT, MCNEMAR, SIGN_FLIP, exact_interval, mcnemar_exact
 from result_rows import cell_rows, frame
 
@@ -196,3 +197,21 @@ def test_single_seed_has_no_std_and_exact_intervals():
     r = _row(table, "lp", "pgd")
     assert r.n_seeds == 1 and math.isnan(r.robust_std) and r.robust_mean == pytest.approx(0.5)
     assert r.robust_ci_method == EXACT and (r.robust_ci_low, r.robust_ci_high) == pytest.approx(exact_interval(2, 4))
+
+
+@pytest.mark.parametrize("case", ["one run", "two runs"])
+def test_categorical_text_columns_give_the_same_table(case):
+    """bench.api reads text columns as categoricals (fast grouping of large runs): same table as strings,
+    including the run labels of shared defense names and the clean table's blank norm."""
+    rows = _rows()
+    if case == "two runs":
+        other = frame(cell_rows("none", "pgd", 0, [0, 0, 0, 1], run="b"),
+                      cell_rows("none", "clean", 0, [1, 1, 0, 1], run="b", setting="clean"))
+        rows = pd.concat([rows, other], ignore_index=True)
+    plain = leaderboard(rows, reference=default_reference(rows))
+    categorical = categorical_text(rows)
+    assert isinstance(categorical["defense"].dtype, pd.CategoricalDtype)
+    fast = leaderboard(categorical, reference=default_reference(categorical))
+    pd.testing.assert_frame_equal(plain, fast)
+    if case == "two runs":
+        assert {"none [b]", "none [run]"} <= set(fast.defense)

@@ -86,6 +86,18 @@ def test_fit_resources_lowers_cpus_and_keeps_ids():
     assert [t.task_id for t in fitted] == [t.task_id for t in tasks] and len(notes) == 1
 
 
+def test_fp16_cannot_fall_back_to_cpu():
+    """gpu_fallback: cpu would run fp16 tasks on CPUs, where the worker refuses fp16: fail before submitting."""
+    tasks = make_tasks(n=2, gpus=1.0, gpu_fallback="cpu", precision="fp16")
+    with pytest.raises(SchedulerError, match=r"fp16.*gpu_fallback: cpu.*bf16"):
+        fit_resources(tasks, max_gpus=0.0, max_cpus=2.0, where="the Ray cluster")
+    fitted, _ = fit_resources(tasks, max_gpus=1.0, max_cpus=2.0, where="the Ray cluster")  # a GPU: fine
+    assert [t.resources.gpus for t in fitted] == [1.0, 1.0]
+    bf16 = make_tasks(n=2, gpus=1.0, gpu_fallback="cpu", precision="bf16")
+    fitted, notes = fit_resources(bf16, max_gpus=0.0, max_cpus=2.0, where="the Ray cluster")
+    assert [t.resources.gpus for t in fitted] == [0.0, 0.0] and "running on CPU" in notes[0]
+
+
 def test_pending_cap_orders_submissions(tmp_path, ray_cluster):
     tasks = make_tasks(n=4)
     events = []
@@ -208,3 +220,48 @@ def test_bad_address_exits_2_quickly(tmp_path):
     assert time.monotonic() - start < 30
     assert proc.returncode == 2, proc.stderr
     assert "no Ray cluster answers at '127.0.0.1:1'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rounds_deliver_every_outcome_once_after_its_start(ray_cluster):
+    """RayBackend.rounds: outcomes grouped by ray.wait round, each task started (once, in an earlier
+    round) before its outcome; a wait window smaller than the grid still collects every task."""
+    tasks = make_tasks(n=7)
+    events = []
+    backend = RayBackend(fn=fake_run_task, wait_window=2)
+    for batch in backend.rounds(tasks, on_start=lambda started: events.append(("start", [t.task_id for t in started]))):
+        assert batch and all(outcome.ok for _, outcome in batch)
+        events.append(("done", [task.task_id for task, _ in batch]))
+    started = [i for kind, ids in events if kind == "start" for i in ids]
+    finished = [i for kind, ids in events if kind == "done" for i in ids]
+    assert sorted(started) == sorted(finished) == sorted(t.task_id for t in tasks)
+    for task_id in finished:
+        start_round = next(k for k, (kind, ids) in enumerate(events) if kind == "start" and task_id in ids)
+        done_round = next(k for k, (kind, ids) in enumerate(events) if kind == "done" and task_id in ids)
+        assert start_round < done_round
+
+
+def test_a_shard_result_crosses_processes_as_arrow_ipc_unchanged():
+    import pickle
+
+    import torch
+
+    task = make_tasks(n=1)[0]
+    result = fake_run_task(task)
+    result.adversarial, result.build_seconds = torch.rand(4, 3, 2, 2), 1.25
+    back = pickle.loads(pickle.dumps(result))
+    assert back.table.equals(result.table) and back.table.schema.equals(result.table.schema, check_metadata=True)
+    assert torch.equal(back.adversarial, result.adversarial) and back.build_seconds == 1.25
+
+
+def test_the_driver_trims_its_heap_every_n_finished_tasks(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(scheduler, "TRIM_EVERY_TASKS", 2)
+    monkeypatch.setattr(scheduler, "_trim_heap", lambda: calls.append(1))
+    report = submit("run", SPEC, make_tasks(n=5), ResultStore(tmp_path), SerialBackend(fn=fake_run_task), progress=False)
+    assert report.done == 5 and len(calls) == 2  # after tasks 2 and 4
+    import sys
+
+    if sys.platform.startswith("linux"):
+        assert scheduler._malloc_trim() is not None
+    monkeypatch.undo()
+    scheduler._trim_heap()  # the real call: harmless

@@ -68,6 +68,24 @@ def test_cluster_bootstrap_in_the_interior_matches_the_normal_approximation():
     assert ci.high - ci.low < exact[1] - exact[0]
 
 
+@pytest.mark.parametrize("seeds, n", [(3, 60), (5, 400), (2, 2000)])
+def test_cluster_bootstrap_is_scipys_bootstrap_of_the_images(seeds, n):
+    """Drawing each resample as counts of the distinct rates is the bootstrap of the images: the
+    interval matches scipy.stats.bootstrap (percentile) up to Monte-Carlo error, and so does the
+    whole bootstrap distribution (two-sample Kolmogorov-Smirnov test on the resampled means)."""
+    rng = np.random.default_rng(seeds)
+    per_image = rng.binomial(seeds, rng.uniform(0.2, 0.9, size=n)) / seeds
+    ours = cluster_bootstrap_interval(per_image)
+    ref = sps.bootstrap((per_image,), np.mean, n_resamples=9999, method="percentile",
+                        rng=np.random.default_rng(7)).confidence_interval
+    se = per_image.std(ddof=1) / math.sqrt(n)  # the percentiles' Monte-Carlo error is ~0.03 se
+    assert ours[0] == pytest.approx(ref.low, abs=0.1 * se) and ours[1] == pytest.approx(ref.high, abs=0.1 * se)
+    levels, counts = np.unique(per_image, return_counts=True)
+    ours_means = sps.multinomial.rvs(n, counts / n, size=4000, random_state=np.random.default_rng(1)) @ levels / n
+    resampled = per_image[np.random.default_rng(2).integers(0, n, size=(4000, n))].mean(axis=1)
+    assert sps.ks_2samp(ours_means, resampled).pvalue > 0.01
+
+
 def test_seeds_that_agree_on_every_image_give_the_one_seed_interval():
     one = np.array([1.0] * 30 + [0.0] * 98)
     assert accuracy_interval(one) == accuracy_interval(np.mean([one, one, one], axis=0))

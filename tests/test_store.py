@@ -511,3 +511,152 @@ def test_failure_summary_of_a_chained_traceback_from_a_library():
     lib = summarize(library)
     assert lib.type == "_pickle.UnpicklingError" and lib.message == "Weights only load failed\nline two"
     assert lib.where.startswith("torch/serialization.py:9 in load")
+
+
+# -- the batched write of one scheduling round (ResultStore.record_results) -------------------------------
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_a_round_is_written_with_one_flush_one_directory_sync_and_one_transaction(tmp_path, monkeypatch):
+    from sqlalchemy import event
+
+    from bench.store import Finished, atomic, result_store
+
+    tasks = make_tasks(n=5, save_adversarial=True)
+    store = ResultStore(tmp_path)
+    store.begin_run("run", SPEC, tasks)
+    store.mark_running_many("run", [t.task_id for t in tasks])
+    assert {(r.status, r.attempts) for r in store.tasks("run")} == {(RUNNING, 1)}
+    syncs = _count_calls(monkeypatch, atomic, "_syncfs")
+    file_syncs = _count_calls(monkeypatch, atomic, "_fsync")
+    dir_syncs = _count_calls(monkeypatch, result_store, "fsync_dir")
+    transactions = []
+    event.listen(store.engine, "begin", lambda conn: transactions.append(1))
+    errors = store.record_results([Finished(t, fake_run_task(t), 0.5, 0.25) for t in tasks])
+    assert errors == [None] * 5
+    assert len(syncs) == 1 and not file_syncs  # 10 files (rows + adversarial images), one syncfs
+    assert len(dir_syncs) == 2 and len(transactions) == 1  # tasks/ and adversarial/ once each
+    assert {r.status for r in store.tasks("run")} == {DONE}
+    rows = store.read_run("run").to_pandas()
+    assert len(rows) == 20 and set(rows.task_id) == {t.task_id for t in tasks}
+    assert np.all(store.read_adversarial("run", tasks[3].task_id) == np.float32(tasks[3].seed / 10))
+    assert not list(tmp_path.rglob("*.tmp"))
+    # what was written is what a new driver finds done (signatures recorded)
+    assert ResultStore(tmp_path).begin_run("run", SPEC, tasks) == []
+
+
+def test_a_bad_result_in_a_round_fails_alone(tmp_path):
+    from bench.store import Finished
+
+    tasks = make_tasks(n=3)
+    store = ResultStore(tmp_path)
+    store.begin_run("run", SPEC, tasks)
+    results = [fake_run_task(t) for t in tasks]
+    results[1] = fake_run_task(tasks[0])  # rows of another task
+    errors = store.record_results([Finished(t, r, 0.5) for t, r in zip(tasks, results)])
+    assert errors[0] is None and errors[2] is None and "ValueError: invalid result" in errors[1]
+    status = {r.task_id: r for r in store.tasks("run")}
+    assert status[tasks[1].task_id].status == FAILED and status[tasks[1].task_id].error == errors[1]
+    assert status[tasks[0].task_id].status == status[tasks[2].task_id].status == DONE
+    assert not store.task_path("run", tasks[1].task_id).exists()
+
+
+def test_a_full_disk_at_the_flush_fails_the_round_and_leaves_no_file(tmp_path, monkeypatch):
+    from bench.store import Finished, atomic
+
+    tasks = make_tasks(n=4)
+    store = ResultStore(tmp_path)
+    store.begin_run("run", SPEC, tasks)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "_syncfs", full_disk)
+    errors = store.record_results([Finished(t, fake_run_task(t), 0.5) for t in tasks])
+    assert all("No space left on device" in e for e in errors)
+    assert list((tmp_path / "runs" / "run" / "tasks").iterdir()) == []  # neither files nor temp files
+    assert {r.status for r in store.tasks("run")} == {FAILED}
+    monkeypatch.undo()
+    assert len(ResultStore(tmp_path).begin_run("run", SPEC, tasks)) == 4  # all retried
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+from bench.store import Finished, ResultStore, atomic, result_store
+from fake_tasks import fake_run_task, make_tasks
+
+point, nth = {point!r}, {nth}
+seen, armed = {{}}, []
+
+def dying(name, real):
+    def call(*args, **kwargs):
+        k = seen[name] = seen.get(name, -1) + 1
+        if armed and name == point and k == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+
+result_store.write_temp = dying("temp", result_store.write_temp)
+result_store.flush_files = dying("flush", result_store.flush_files)
+result_store.fsync_dir = dying("dirsync", result_store.fsync_dir)
+result_store.os.replace = dying("rename", os.replace)
+result_store.ResultStore._update_tasks = dying("catalog", result_store.ResultStore._update_tasks)
+tasks = make_tasks(n=6)
+store = ResultStore({root!r})
+store.begin_run("run", {{"name": "run"}}, tasks)
+store.record_results([Finished(t, fake_run_task(t), 0.5) for t in tasks[:2]])
+store.mark_running_many("run", [t.task_id for t in tasks[2:]])
+seen.clear()
+armed.append(True)
+store.record_results([Finished(t, fake_run_task(t), 0.5) for t in tasks[2:]])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, nth", [("temp", 0), ("temp", 3), ("flush", 0), ("rename", 0), ("rename", 2),
+                                        ("rename", 3), ("dirsync", 0), ("catalog", 0)])
+def test_a_driver_killed_while_writing_a_round_loses_and_duplicates_nothing(tmp_path, point, nth):
+    """A real SIGKILL at each step of record_results: the next driver finds every renamed file done
+    (verified), re-runs the rest, and no temporary file or duplicate row remains."""
+    repo = Path(__file__).resolve().parents[1]
+    script = _KILLED_WRITER.format(repo=str(repo), tests=str(repo / "tests"), point=point, nth=nth,
+                                   root=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr  # killed where asked
+    tasks = make_tasks(n=6)
+    on_disk = {p.stem for p in (tmp_path / "runs" / "run" / "tasks").glob("*.parquet")}
+    assert {t.task_id for t in tasks[:2]} <= on_disk  # the first round was complete
+    store = ResultStore(tmp_path)
+    todo = store.begin_run("run", SPEC | {"name": "run"}, tasks)
+    assert {t.task_id for t in todo} == {t.task_id for t in tasks} - on_disk  # renamed files are done
+    assert not list(tmp_path.rglob("*.tmp"))  # the dead writer's temporary files are gone
+    _finish(store, todo)
+    rows = store.read_run("run").to_pandas()
+    assert len(rows) == 24 and not rows.duplicated(["task_id", "image_id"]).any()
+    assert {r.status for r in store.tasks("run")} == {DONE}
+
+
+def test_without_syncfs_a_round_is_flushed_file_by_file(tmp_path, monkeypatch):
+    """Where there is no syncfs (not Linux), each file of the round is fsynced before its rename."""
+    from bench.store import Finished, atomic
+
+    def no_syncfs(fd):
+        raise NotImplementedError("syncfs is Linux-only")
+
+    monkeypatch.setattr(atomic, "_syncfs", no_syncfs)
+    tasks = make_tasks(n=3)
+    store = ResultStore(tmp_path)
+    store.begin_run("run", SPEC, tasks)
+    synced = _count_calls(monkeypatch, atomic, "_fsync")
+    assert store.record_results([Finished(t, fake_run_task(t), 0.5) for t in tasks]) == [None] * 3
+    assert len(synced) == 3 and {r.status for r in store.tasks("run")} == {DONE}

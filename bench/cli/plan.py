@@ -28,18 +28,19 @@ def _count(x: float) -> str:
 def render_plan(plan) -> str:  # noqa: ANN001 - bench.plan.JobPlan (imported lazily)
     """The plan as a Markdown table per cell plus a total line."""
     gpu = f"{plan.gpu} (x{plan.gpu_efficiency:g} of peak)" if plan.gpu else None
-    head = ["defense", "attack", "mode", "tasks", "images", "K", "NFE/image clean+attack+adv", "NFE total",
+    head = ["defense", "attack", "mode", "success", "tasks", "images", "K", "NFE/image clean+attack+judge", "NFE total",
             f"time on {plan.device}"] + ([f"time on {gpu}"] if gpu else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in plan.cells:
         bound = "" if c.exact else " (upper bound)"
-        row = [c.defense, c.attack, c.mode, str(c.tasks), str(c.images), str(c.votes),
+        judged = f" ({_count(c.judgements)} judged)" if c.judgements > 1 else ""
+        row = [c.defense, c.attack, c.mode, f"{c.rule}{judged}", str(c.tasks), str(c.images), str(c.votes),
                f"{_count(c.nfe_clean)} + {_count(c.nfe_attack)} + {_count(c.nfe_adversarial)} = "
                f"{_count(c.nfe_per_image)}{bound}", _count(c.nfe_total), _duration(c.seconds)]
         if gpu:
             row.append(_duration(c.gpu_seconds))
         lines.append("| " + " | ".join(row) + " |")
-    total = [f"**total** ({len(plan.cells)} cells)", "", "", str(plan.total_tasks),
+    total = [f"**total** ({len(plan.cells)} cells)", "", "", "", str(plan.total_tasks),
              str(sum(c.images for c in plan.cells)), "", "", _count(plan.total_nfe), _duration(plan.total_seconds)]
     if gpu:
         total.append(_duration(plan.total_gpu_seconds))
@@ -47,7 +48,10 @@ def render_plan(plan) -> str:  # noqa: ANN001 - bench.plan.JobPlan (imported laz
     notes = [
         "NFE = network evaluations per image (classifier = 1, one purification = the defense's cost()); "
         "K = votes per decision (1 for a deterministic defense).",
-        "Upper bounds: every image counted as attacked, early exits ignored (AutoAttack drops broken images).",
+        "judge = the K-vote decisions of the real defense the success rule asks for (N judged: iterates or "
+        "AutoAttack runs judged per image).",
+        "Upper bounds: every image counted as attacked and never broken; early exits (a broken image leaves the "
+        "attack and the judge) only lower the cost. Cells without that mark (the final rule) cost exactly this.",
     ]
     if plan.total_seconds is not None:
         notes.append(f"Times: calibrated on {plan.device} with batches of {plan.batch_images} images, one worker; "

@@ -27,10 +27,11 @@ from bench.store.errors import StoreError
 from bench.store.failures import FailureSummary, summarize
 from bench.store.manifest import RunManifest, RunVersion, spec_hash, spec_record, spec_to_json
 from bench.store.provenance import package_versions
-from bench.store.result_store import ORPHANED, SHOWN_STATUSES, PruneReport, ResultStore, RunSummary
+from bench.store.result_store import ORPHANED, SHOWN_STATUSES, Finished, PruneReport, ResultStore, RunSummary
 
 __all__ = [
-    "DONE", "FAILED", "ORPHANED", "PENDING", "RUNNING", "SHOWN_STATUSES", "STATUSES", "FailureSummary", "PruneReport",
+    "DONE", "FAILED", "ORPHANED", "PENDING", "RUNNING", "SHOWN_STATUSES", "STATUSES", "FailureSummary", "Finished",
+    "PruneReport",
     "ResultStore", "RunManifest", "RunRecord", "RunSummary", "RunVersion", "RunVersionRecord", "StoreError",
     "TaskRecord", "package_versions", "spec_hash", "spec_record", "spec_to_json", "summarize",
 ]

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from bench.schema import ROW_SCHEMA, SCHEMA_VERSION
 from bench.store import opening
-from bench.store.atomic import atomic_write_bytes, fsync_dir, read_bytes, remove_dead_temp_files
+from bench.store.atomic import flush_files, fsync_dir, read_bytes, remove_dead_temp_files, write_temp
 from bench.store.catalog import DONE, FAILED, PENDING, RUNNING, CatalogHashCache, RunRecord, TaskRecord
 from bench.store.errors import StoreError
 from bench.store.failures import FailureSummary, summarize
@@ -64,6 +64,41 @@ from bench.tasks import Task
 ORPHANED = "orphaned"
 #: Statuses as ``bench status`` shows them.
 SHOWN_STATUSES = (DONE, RUNNING, ORPHANED, PENDING, FAILED)
+
+
+class Finished(NamedTuple):
+    """A task's result as ``ResultStore.record_results`` takes it.
+
+    Attributes:
+        task: The task the result belongs to.
+        result: A ``bench.evaluate.ShardResult`` (``table``: rows in ROW_SCHEMA, ``adversarial``:
+            tensor/array or None, ``build_seconds``: model build time in the worker).
+        seconds: Wall time of the task measured in the worker.
+        cpu_seconds: CPU time of the worker process during the task (None: unknown).
+    """
+
+    task: Task
+    result: Any
+    seconds: float
+    cpu_seconds: float | None = None
+
+
+class _StagingError(Exception):
+    """A task's result could not be staged; carries what ``record_results`` records for it."""
+
+    def __init__(self, summary: FailureSummary, text: str) -> None:
+        super().__init__(text)
+        self.summary, self.text = summary, text
+
+
+def _build_seconds(result: Any) -> float | None:
+    build = getattr(result, "build_seconds", None)
+    return float(build) if build is not None else None
+
+
+def _failure_values(error: str, seconds: float | None, summary: FailureSummary) -> dict[str, Any]:
+    return dict(status=FAILED, error=error, finished=now(), seconds=seconds, error_type=summary.type,
+                error_message=summary.message, error_where=summary.where)
 
 Log = Callable[[str], None]
 
@@ -115,10 +150,12 @@ class ResultStore:
             the dataset plugins' default).
         log: Where notes go (a rebuilt catalog, files that failed verification); default: kept in
             :attr:`notes` only.
-        fsync: Flush each task file to the disk before it is renamed into place (default True).
-            Correctness does not depend on it (a file lost or torn by a power cut fails its
-            signature and is re-run); it saves re-running the tasks finished in the seconds before a
-            power cut, and surfaces late write errors (network filesystems). A kill -9 never needs it.
+        fsync: Flush task files to the disk before they are renamed into place, and their
+            directory after (default True; the files of one ``record_results`` call are flushed
+            together). Correctness does not depend on it (a file lost or torn by a power cut fails
+            its signature and is re-run); it saves re-running the tasks finished in the seconds
+            before a power cut, and surfaces late write errors (network filesystems). A kill -9 never
+            needs it.
 
     Usage::
 
@@ -399,26 +436,40 @@ class ResultStore:
     # -- tasks ------------------------------------------------------------------------------------
     def mark_running(self, run: str, task_id: str) -> None:
         """A task was handed to a worker: one more attempt."""
-        self._update_task(run, task_id, _increment_attempts=True, status=RUNNING, started=now(), error=None,
-                          error_type=None, error_message=None, error_where=None)
+        self.mark_running_many(run, [task_id])
 
-    def _update_task(self, run: str, task_id: str, _increment_attempts: bool = False, **values: Any) -> None:
-        """One UPDATE of a task's row, without the ORM: it runs once or twice per task in the driver
-        loop, where the ORM's statement building and session synchronisation cost milliseconds."""
+    def mark_running_many(self, run: str, task_ids: Sequence[str]) -> None:
+        """Tasks handed to workers (one scheduling round): one more attempt each, one catalog transaction."""
+        values = dict(status=RUNNING, started=now(), error=None, error_type=None, error_message=None, error_where=None)
+        self._update_tasks([(run, task_id, values) for task_id in task_ids], increment_attempts=True)
+
+    def _update_tasks(self, updates: Sequence[tuple[str, str, dict[str, Any]]], increment_attempts: bool = False) -> None:
+        """UPDATEs of task rows ``(run, task id, {column: value})`` in one transaction, without the ORM:
+        this runs for every task in the driver loop, where the ORM's statement building and session
+        synchronisation cost milliseconds. Updates setting the same columns share one executemany."""
         if not self.writable:
             raise StoreError(f"{self.root} is opened read-only; this operation writes")
+        if not updates:
+            return
         columns = TaskRecord.__table__.c
-        sets = [f"{name} = ?" for name in values] + (["attempts = attempts + 1"] if _increment_attempts else [])
-        params = [self._bind(columns[name], value) for name, value in values.items()] + [run, task_id]
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for run, task_id, values in updates:
+            params = tuple(self._bind(columns[name], value) for name, value in values.items()) + (run, task_id)
+            groups.setdefault(tuple(values), []).append(params)
         try:
             with self.engine.begin() as conn:
-                changed = conn.exec_driver_sql(
-                    f"UPDATE tasks SET {', '.join(sets)} WHERE run = ? AND task_id = ?", tuple(params)).rowcount
+                changed = 0
+                for names, params in groups.items():
+                    sets = [f"{name} = ?" for name in names] + (["attempts = attempts + 1"] if increment_attempts else [])
+                    result = conn.exec_driver_sql(
+                        f"UPDATE tasks SET {', '.join(sets)} WHERE run = ? AND task_id = ?", params)
+                    changed += result.rowcount
         except DBAPIError as exc:
             raise StoreError(f"the catalog {self.layout.catalog} failed ({exc.orig}). It is a cache of the run folders: "
                              "move it aside and re-submit, and it is rebuilt") from exc
-        if changed != 1:
-            raise StoreError(f"task {task_id} is not part of run {run!r}")
+        if changed != len(updates):
+            unknown = ", ".join(f"{task_id} of run {run!r}" for run, task_id, _ in updates[:3])
+            raise StoreError(f"{len(updates) - changed} of the tasks updated are not part of their run (among: {unknown})")
 
     def _bind(self, column: Any, value: Any) -> Any:
         processor = self._binders.get(column.name)
@@ -441,53 +492,134 @@ class ResultStore:
             the task (schema, task id, one row per image in order): no partial file is left and the
             task is marked failed with the error.
         """
-        paths = self.layout.run(task.run)
-        path = paths.task(task.task_id)
-        build = getattr(result, "build_seconds", None)
-        build = float(build) if build is not None else None
-        version = self._run_versions.get(task.run)
+        return self.record_results([Finished(task, result, seconds, cpu_seconds)])[0] is None
+
+    def record_results(self, finished: Sequence[Finished]) -> list[str | None]:
+        """Write the results of several tasks (one scheduling round), then mark them done at once.
+
+        Each task file (and adversarial images) is written under a temporary name; then all are
+        flushed to the disk together (``fsync``: one ``syncfs``, see ``bench.store.atomic``), renamed
+        into place, their directory flushed once, and one catalog transaction marks the tasks done.
+        A file is complete when its name appears; the catalog says done only after the rename; a
+        driver killed in between leaves temporary files (deleted by the next ``begin_run``) or
+        renamed files without a catalog record (fully verified and counted done by the next
+        ``begin_run``): nothing is lost or recorded twice.
+
+        Args:
+            finished: The tasks with their results and timings (:class:`Finished`).
+
+        Returns:
+            Per task, None when recorded, else the error recorded for it (the task is then marked
+            failed and no file of it is left): the write failed (full disk, ...) or its rows do not
+            fit the task (schema, task id, one row per image in order).
+        """
+        errors: list[str | None] = [None] * len(finished)
+        failures: list[tuple[int, FailureSummary, str]] = []
+        staged: list[tuple[int, list[tuple[Path, Path]], Signature, int]] = []  # (index, temp->final, sig, rows)
+        folders = {run: self.layout.run(run) for run in {item.task.run for item in finished}}  # checked once
+        for k, item in enumerate(finished):
+            try:
+                staged.append((k, *self._stage(item, folders[item.task.run])))
+            except _StagingError as exc:
+                failures.append((k, exc.summary, exc.text))
+        if staged and self.fsync:
+            try:
+                flush_files([tmp for _, moves, _, _ in staged for tmp, _ in moves])
+            except OSError as exc:  # a full disk discovered by the flush: nothing is renamed
+                for k, moves, _, _ in staged:
+                    path = moves[-1][1]
+                    summary = FailureSummary(type(exc).__name__, f"writing the task file failed: {exc}",
+                                             where=str(exc.filename or path))
+                    failures.append((k, summary, f"{summary.type}: {summary.message} ({summary.where})"))
+                    for tmp, _ in moves:
+                        tmp.unlink(missing_ok=True)
+                staged = []
+        renamed = []
+        for entry in staged:
+            k, moves = entry[0], entry[1]
+            try:
+                for tmp, path in moves:  # adversarial images first: the task file is the commit record
+                    os.replace(tmp, path)
+            except OSError as exc:
+                for tmp, _ in moves:
+                    tmp.unlink(missing_ok=True)
+                summary = FailureSummary(type(exc).__name__, f"renaming the task file failed: {exc}",
+                                         where=str(exc.filename or moves[-1][1]))
+                failures.append((k, summary, f"{summary.type}: {summary.message} ({summary.where})"))
+                continue
+            renamed.append(entry)
+        staged = renamed
+        if staged and self.fsync:
+            for folder in {path.parent for _, moves, _, _ in staged for _, path in moves}:
+                fsync_dir(folder)
+        updates = []
+        for k, moves, signature, row_count in staged:
+            item, path = finished[k], moves[-1][1]
+            updates.append((item.task.run, item.task.task_id, dict(
+                status=DONE, finished=now(), seconds=item.seconds, cpu_seconds=item.cpu_seconds,
+                build_seconds=_build_seconds(item.result), error=None, error_type=None, error_message=None,
+                error_where=None, output_path=self.layout.relative(path), row_count=row_count,
+                file_size=signature.size, file_sha256=signature.sha256, schema_version=SCHEMA_VERSION,
+                run_version=self._version_of(item.task.run))))
+        for k, summary, text in failures:
+            item = finished[k]
+            errors[k] = text
+            updates.append((item.task.run, item.task.task_id, _failure_values(text, item.seconds, summary)))
+        self._update_tasks(updates)
+        return errors
+
+    def _version_of(self, run: str) -> int | None:
+        version = self._run_versions.get(run)
         if version is None:
             with self._session() as s:
-                run = s.get(RunRecord, task.run)
-                version = run.version if run is not None else None
+                record = s.get(RunRecord, run)
+                version = record.version if record is not None else None
+        return version
+
+    def _stage(self, item: Finished, paths: RunPaths) -> tuple[list[tuple[Path, Path]], Signature, int]:
+        """Encode a task's rows and write them (and its adversarial images) under temporary names in
+        the folders ``paths`` of its run.
+
+        Returns:
+            ``([(temporary, final), ...], signature of the task file, rows)``, the task file last.
+
+        Raises:
+            _StagingError: the rows do not fit the task, or writing failed; no temporary file is left.
+        """
+        task, result = item.task, item.result
+        path = paths.task(task.task_id)
+        moves: list[tuple[Path, Path]] = []
         try:
             table = conform(result.table, task.task_id, task.image_ids)
-            data = encode(table, file_metadata(task.task_id, task.run, version, seconds, cpu_seconds, build))
+            data = encode(table, file_metadata(task.task_id, task.run, self._version_of(task.run), item.seconds,
+                                               item.cpu_seconds, _build_seconds(result)))
             adversarial = getattr(result, "adversarial", None)
             if adversarial is not None:
-                # Written before the Parquet file, which is the commit record of the task.
                 array = adversarial.detach().cpu().numpy() if hasattr(adversarial, "detach") else np.asarray(adversarial)
                 buffer = io.BytesIO()
                 np.save(buffer, array, allow_pickle=False)
                 paths.adversarial_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(paths.adversarial(task.task_id), buffer.getvalue(), fsync=self.fsync)
+                target = paths.adversarial(task.task_id)
+                moves.append((write_temp(target, buffer.getvalue()), target))
             paths.tasks_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, data, fsync=self.fsync)
+            moves.append((write_temp(path, data), path))
         except OSError as exc:  # full disk, permissions, ...: no partial file is left
+            for tmp, _ in moves:
+                tmp.unlink(missing_ok=True)
             summary = FailureSummary(type(exc).__name__, f"writing the task file failed: {exc}",
                                      where=str(exc.filename or path))
-            self.record_failure(task.run, task.task_id, f"{summary.type}: {summary.message} ({summary.where})",
-                                seconds=seconds, summary=summary)
-            return False
+            raise _StagingError(summary, f"{summary.type}: {summary.message} ({summary.where})") from exc
         except (ValueError, pa.ArrowException) as exc:  # the task returned rows that are not its own
+            for tmp, _ in moves:
+                tmp.unlink(missing_ok=True)
             summary = FailureSummary(type(exc).__name__, f"invalid result: {exc}", where=self.layout.relative(path))
-            self.record_failure(task.run, task.task_id, f"{summary.type}: {summary.message}", seconds=seconds,
-                                summary=summary)
-            return False
-        signature = Signature.of(data)
-        self._update_task(
-            task.run, task.task_id, status=DONE, finished=now(), seconds=seconds, cpu_seconds=cpu_seconds,
-            build_seconds=build, error=None, error_type=None, error_message=None, error_where=None,
-            output_path=self.layout.relative(path), row_count=table.num_rows, file_size=signature.size,
-            file_sha256=signature.sha256, schema_version=SCHEMA_VERSION, run_version=version)
-        return True
+            raise _StagingError(summary, f"{summary.type}: {summary.message}") from exc
+        return moves, Signature.of(data), table.num_rows
 
     def record_failure(self, run: str, task_id: str, error: str, seconds: float | None = None,
                        summary: FailureSummary | None = None) -> None:
         """Mark a task failed with its error text (a traceback or a message) and its summary."""
-        summary = summary or summarize(error)
-        self._update_task(run, task_id, status=FAILED, error=error, finished=now(), seconds=seconds,
-                          error_type=summary.type, error_message=summary.message, error_where=summary.where)
+        self._update_tasks([(run, task_id, _failure_values(error, seconds, summary or summarize(error)))])
 
     # -- reading ----------------------------------------------------------------------------------
     def _signatures(self, name: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ Two levels of checking:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Iterable, Mapping, Sequence
@@ -167,10 +168,16 @@ def decode(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
         table = pq.ParquetFile(pa.BufferReader(data)).read(columns=columns, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise TaskFileError(f"damaged data ({exc})") from exc
-    wanted = ROW_SCHEMA if columns is None else pa.schema([ROW_SCHEMA.field(c) for c in columns])
+    wanted = ROW_SCHEMA if columns is None else _row_schema_of(tuple(columns))
     if not table.schema.equals(wanted, check_metadata=False):
         raise TaskFileError(f"columns differ from ROW_SCHEMA: {_schema_difference(table.schema)}")
     return table.replace_schema_metadata(None)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_schema_of(columns: tuple[str, ...]) -> pa.Schema:
+    """The ROW_SCHEMA fields ``columns`` (built once per column set: ``decode`` runs per file)."""
+    return pa.schema([ROW_SCHEMA.field(c) for c in columns])
 
 
 def _schema_difference(schema: pa.Schema) -> str:
