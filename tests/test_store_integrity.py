@@ -198,17 +198,19 @@ def test_an_unusable_catalog_is_rebuilt_from_the_run_folders(tmp_path, damage):
     assert {r.status for r in writer.tasks("run")} == {DONE} and all(r.file_sha256 for r in writer.tasks("run"))
 
 
-def _reader_command(args: list[str]) -> list[str]:
+def _reader_command(args: list[str], results: Path) -> list[str]:
     command = [sys.executable, "-m", "bench.cli", *args]
-    if os.geteuid() == 0:  # root ignores permissions: run the command as nobody
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    if os.geteuid() == 0:
+        # root ignores permission bits: give the command a private mount namespace in which the results
+        # directory is a read-only bind mount (EROFS), whatever the permissions of the checkout around it
+        remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        command = ["unshare", "--mount", "sh", "-c", remount, str(results), *command]
     return command
 
 
 @pytest.mark.slow  # three CLI processes
 def test_a_read_only_results_directory_serves_status_and_leaderboard_and_refuses_submit(data_dir):
     base = Path(tempfile.mkdtemp(prefix="bench-readonly-"))
-    os.chmod(base, 0o755)  # outside pytest's private tmp folder, so that `nobody` can reach it
     results = base / "results"
     try:
         _submitted(results)
@@ -225,11 +227,11 @@ def test_a_read_only_results_directory_serves_status_and_leaderboard_and_refuses
         listing = sorted(str(p) for p in results.rglob("*"))
         for args in (["status", "--results", str(results)],
                      ["leaderboard", "run", "--results", str(results), "--format", "csv"]):
-            done = subprocess.run(_reader_command(args), check=False, capture_output=True, text=True, env=env, cwd=base, timeout=120)
+            done = subprocess.run(_reader_command(args, results), check=False, capture_output=True, text=True, env=env, cwd=base, timeout=120)
             assert done.returncode == 0, done.stderr
             assert "Traceback" not in done.stderr
         submitted = subprocess.run(_reader_command(["submit", str(job), "--results", str(results), "--address", "serial",
-                                                    "--no-progress"]),
+                                                    "--no-progress"], results),
                                    check=False, capture_output=True, text=True, env=env, cwd=base, timeout=300)
         assert submitted.returncode == 2, submitted.stderr
         assert "is not writable" in submitted.stderr and "Traceback" not in submitted.stderr
