@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bench.cli.common import BadInput, absolute, execution_options, main, open_store, results_option, translate_errors
+from bench.cli.common import BadInput, absolute, emit, execution_options, main, open_store, results_option, translate_errors
 
 
 @main.command("audit")
@@ -48,12 +48,7 @@ def audit_cmd(run: str, results: Path, images: int, extra: bool, fmt: str, out: 
     except AuditError as exc:
         raise BadInput(str(exc)) from exc
     text = render(report, fmt)
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        click.echo(f"wrote {out}", err=True)
+    emit(text, out)
     if report.failures:
         raise click.ClickException(f"{len(report.failures)} extra task(s) of {report.companion} failed; "
                                    f"`bench status {report.companion}` shows the errors, re-running the audit retries them")

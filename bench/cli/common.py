@@ -107,3 +107,13 @@ def open_store(results: Path, writable: bool = False) -> Any:
     from bench.api import open_results
 
     return open_results(results, writable=writable, log=lambda message: click.echo(message, err=True))
+
+
+def emit(text: str, out: Path | None) -> None:
+    """A rendered table or report: to stdout, or written to ``out`` (its folder created)."""
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    click.echo(f"wrote {out}", err=True)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import click
 
-from bench.cli.common import BadInput, main, open_store, results_option, translate_errors
+from bench.cli.common import BadInput, emit, main, open_store, results_option, translate_errors
 
 runs_argument = click.argument("runs", nargs=-1)
 reference_option = click.option(
@@ -65,12 +65,7 @@ def leaderboard_cmd(runs: tuple[str, ...], results: Path, fmt: str, out: Path | 
     table = api.leaderboard(names, results, reference=ref)
     used = (str(table["reference"].iloc[0]) or None) if len(table) else None
     text = render(table, fmt, title=api.title(names, results), reference=used)
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        click.echo(f"wrote {out}", err=True)
+    emit(text, out)
 
 
 @main.command("report")

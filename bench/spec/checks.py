@@ -237,20 +237,27 @@ class _Checker:
         self.params(DEFENSES, entry.type, obj, params, field, _DEFENSE_FIELDS)
         return ok
 
+    def cell_name(self, entry: DefenseSpec | AttackSpec, field: str, kind: str, seen: dict[str, str]) -> str:
+        """The entry's cell name, checked (a safe default, not used twice); ``seen`` maps each name to
+        the field that took it first."""
+        name = entry.default_name()
+        if entry.name is None and (problem := name_problem(name, "the default cell name")):
+            self.problems.add(f"{field}.name", f"{problem}; give the entry a `name:`")
+        if name in seen:
+            self.problems.add(f"{field}.name", f"{kind} cell name {name!r} is already used by {seen[name]}; "
+                              "give one of them a distinct `name:`")
+        seen.setdefault(name, field)
+        return name
+
     def defenses(self) -> list[tuple[str, dict[str, Any]]]:
         seen: dict[str, str] = {}
         cells: list[tuple[str, dict[str, Any]]] = []
         for i, entry in self.s.defenses:
             field = f"defenses[{i}]"
             ok = self.defense_entry(entry, field)
-            name = entry.default_name()
-            if entry.name is None and (problem := name_problem(name, "the default cell name")):
-                self.problems.add(f"{field}.name", f"{problem}; give the entry a `name:`")
-            if name in seen:
-                self.problems.add(f"{field}.name", f"defense cell name {name!r} is already used by {seen[name]}; "
-                                  "give one of them a distinct `name:`")
+            name = self.cell_name(entry, field, "defense", seen)
+            if seen[name] != field:
                 continue
-            seen[name] = field
             if ok:
                 cells.append((name, resolve_defense(self.s, entry, field)))
         return cells
@@ -261,13 +268,7 @@ class _Checker:
         seen: dict[str, str] = {}
         for i, entry in self.s.attacks:
             field = f"attacks[{i}]"
-            name = entry.default_name()
-            if entry.name is None and (problem := name_problem(name, "the default cell name")):
-                self.problems.add(f"{field}.name", f"{problem}; give the entry a `name:`")
-            if name in seen:
-                self.problems.add(f"{field}.name", f"attack cell name {name!r} is already used by {seen[name]}; "
-                                  "give one of them a distinct `name:`")
-            seen.setdefault(name, field)
+            self.cell_name(entry, field, "attack", seen)
             cls = self.plugin(ATTACKS, entry.type, f"{field}.type")
             if cls is None:
                 continue
