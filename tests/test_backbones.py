@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from bench.registry import BACKBONES
 from bench.training.denoiser import DenoiserConfig, train_denoiser
@@ -56,6 +58,25 @@ def test_diffusers_offline_and_bad_paths_fail_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="cannot load a UNet2DModel"):
         load_diffusers_unet(tmp_path / "empty")
+
+
+def test_offline_mode_wins_over_allow_download(tmp_path, monkeypatch):
+    """BENCH_OFFLINE=1 (the tests' default) refuses a hub id even with allow_download: true, at load
+    time (naming the backbone field) and in the loader; the network is never reached."""
+    monkeypatch.setenv("BENCH_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="downloads are off"):
+        load_diffusers_unet("google/ddpm-cifar10-32", subfolder="unet", allow_download=True)
+    monkeypatch.chdir(tmp_path)
+    from bench.spec import JobSpecError, load_job
+
+    job = {"name": "t", "dataset": {"name": "cifar10", "split": "test", "subset": {"size": 512, "seed": 0, "take": 8}},
+           "classifier": "resnet20", "threat": {"norm": "Linf", "eps": "8/255"}, "seeds": [0],
+           "attacks": [{"type": "pgd-eot", "steps": 2, "eot": 1}], "backbones": {"hub": {"type": "diffusers", "path_or_id": "google/ddpm-cifar10-32",
+                                         "subfolder": "unet", "allow_download": True}},
+           "defenses": [{"type": "diffpure", "backbone": "hub"}]}
+    with pytest.raises(JobSpecError, match="downloads are off") as info:
+        load_job(_yaml(tmp_path / "j.yaml", job))
+    assert info.value.field.startswith("backbones.hub")
 
 
 def test_small_unet_checkpoint_round_trip(tmp_path):
@@ -120,3 +141,8 @@ def test_schedule_matches_closed_forms():
     gap = (abar - s.abar_continuous((i + 1) / 1000)).abs()
     assert gap.max().item() < 1e-3
     assert abar[99].item() == pytest.approx(s.abar_continuous(0.1), abs=1e-3)
+
+
+def _yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path

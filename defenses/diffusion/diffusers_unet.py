@@ -48,8 +48,13 @@ class DiffusersUNet(NoisePredictor):
 
 
 def _local_or_allowed(path_or_id: str, allow_download: bool) -> str | None:
-    if allow_download or Path(path_or_id).expanduser().is_dir():
+    from bench.artifacts.policy import OFFLINE_ENV, offline_mode
+
+    if Path(path_or_id).expanduser().is_dir() or (allow_download and not offline_mode()):
         return None
+    if allow_download:
+        return (f"{path_or_id!r} is not a local directory, and downloads are off ({OFFLINE_ENV}=1 / --offline), "
+                "which wins over allow_download: true")
     return (f"{path_or_id!r} is not a local directory; pass a directory written by UNet2DModel.save_pretrained "
             "(or a pipeline directory with subfolder: unet), or set allow_download: true to fetch a hub id")
 
@@ -69,7 +74,8 @@ def load_diffusers_unet(
             ``subfolder``), or a hub id such as ``google/ddpm-cifar10-32``.
         subfolder: Subdirectory with the UNet, e.g. ``"unet"`` for a pipeline. Default None.
         allow_download: Let diffusers fetch ``path_or_id`` from the hub when it is not a local
-            directory. Default False: offline runs fail fast with a clear message instead.
+            directory. Default False: runs fail fast with a clear message instead. Offline mode
+            (``BENCH_OFFLINE=1``, ``--offline``) wins: then nothing is downloaded.
         variant: Weight variant (e.g. ``"fp16"``). Default None.
 
     Returns:
@@ -77,16 +83,20 @@ def load_diffusers_unet(
     """
     from diffusers import UNet2DModel  # heavy; only for jobs that use this backbone
 
+    from bench.artifacts.policy import OFFLINE_ENV, offline_mode
+
     local = Path(path_or_id).expanduser()
+    offline = offline_mode()
     if local.is_dir():
         source, local_only = str(local), True
-    elif allow_download:
+    elif allow_download and not offline:  # the one network rule: offline wins over the plugin's own switch
         source, local_only = str(path_or_id), False
     else:
+        switch = (f"downloads are off ({OFFLINE_ENV}=1 / --offline), which wins over `allow_download: true`"
+                  if offline else "or set allow_download: true to fetch it from the Hugging Face hub")
         raise FileNotFoundError(
             f"diffusers backbone: {path_or_id!r} is not a local directory. Pass a directory written by "
-            "`UNet2DModel.save_pretrained` (or a pipeline directory with subfolder='unet'), or set "
-            "allow_download: true to fetch it from the Hugging Face hub."
+            f"`UNet2DModel.save_pretrained` (or a pipeline directory with subfolder='unet'); {switch}."
         )
     try:
         unet = UNet2DModel.from_pretrained(source, subfolder=subfolder, variant=variant, local_files_only=local_only)
