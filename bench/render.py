@@ -113,8 +113,9 @@ def notes(table: pd.DataFrame, reference: str | None) -> list[str]:
         f"(ddof={STD_DDOF}; blank with one seed) of those per-seed accuracies.",
         f"{level}% CI, images the unit: Clopper-Pearson (exact) when every image has the same outcome under all "
         f"its seeds (always with one seed); otherwise (b) a percentile cluster bootstrap over images of the "
-        f"per-image rate averaged over seeds (scipy.stats.bootstrap, {BOOTSTRAP_RESAMPLES} resamples, "
-        f"numpy default_rng({BOOTSTRAP_SEED})); (b+e) where that interval reaches 0 % or 100 % or has zero width, "
+        f"per-image rate averaged over seeds ({BOOTSTRAP_RESAMPLES} resamples drawn as multinomial counts of the "
+        f"per-image rates, numpy default_rng({BOOTSTRAP_SEED}): the distribution of scipy.stats.bootstrap's "
+        f"percentile method); (b+e) where that interval reaches 0 % or 100 % or has zero width, "
         f"its hull with the exact interval of n x mean successes in n images.",
         f"'{WORST_CASE}': an (image, seed) is robust only if it is robust under every attack of the table; "
         f"(image, seed) pairs not covered by every attack are left out; its cost is the sum over the attacks.",
@@ -129,7 +130,8 @@ def notes(table: pd.DataFrame, reference: str | None) -> list[str]:
             f"(image, seed) pairs under the same attack (worst case vs its worst case; clean table: clean "
             f"correctness): exact McNemar with one seed; with several seeds an exact sign-flip permutation test of "
             f"the per-image differences in robust seeds (images the unit, seeds never counted as independent). "
-            f"Blank: '{reference}' was not evaluated with that attack on those images.")
+            f"Blank: '{reference}' has no cell with the same attack (name, type, configuration, budget and success "
+            f"rule) on those images.")
     papers = table.drop_duplicates("defense")[["defense", "paper"]]
     cited = [f"{d}: {p}" for d, p in papers.itertuples(index=False) if p]
     if cited:
