@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from attacks.base import Attack, AttackBudget, AttackOutcome, Draws, Eps, Judge, Norm, Steps, eval_mode, is_oblivious, is_stochastic
 from attacks.decisions import Decisions
-from attacks.pyautoattack_calls import best_loss_point, rebuild_apgd, seed_from
+from attacks.pyautoattack_calls import apgd_run, rebuild_apgd, seed_from
 from bench.params import Rule, param_rules, validated
 from bench.registry import ATTACKS
 
@@ -99,8 +99,20 @@ class AutoAttackRand(Attack):
         """pyautoattack's defaults for the version unless overridden; success: the rule on the models
         the version is meant for (``best-loss`` for rand, ``any`` otherwise; see ``success_rule``)."""
         eot = self.eot_iter if self.eot_iter is not None else (20 if self.version == "rand" else 1)
-        return AttackBudget(steps=self.n_iter or 100, eot=eot, restarts=self.restarts or 1,
+        apgd = [c for c in self.components() if c in APGD_COMPONENTS]
+        return AttackBudget(steps=self.n_iter or 100, eot=eot, restarts=max(map(self.apgd_restarts, apgd), default=1),
                             success="best-loss" if self.version == "rand" else "any")
+
+    def components(self) -> tuple[str, ...]:
+        """The components that run, in order: the version's, or the ``attacks`` list of ``custom``."""
+        return tuple(self.attacks or ()) if self.version == "custom" else VERSION_COMPONENTS[self.version]
+
+    def apgd_restarts(self, component: str) -> int:
+        """Restarts of an APGD component: ``restarts`` when given (all APGD components), else the
+        library's: 1 in the rand and standard versions and for APGD-T, 5 for APGD-CE/DLR in a custom list."""
+        if self.restarts is not None:
+            return self.restarts
+        return 5 if self.version == "custom" and component != "apgd-t" else 1
 
     def success_rule(self, model: nn.Module) -> str:
         """``best-loss`` on a stochastic model (module docstring), ``any`` (the library's exact rule)
@@ -129,12 +141,12 @@ class AutoAttackRand(Attack):
             aa.apgd = rebuild_apgd(aa.apgd, self.n_iter)
             aa.apgd_targeted = rebuild_apgd(aa.apgd_targeted, self.n_iter)
             aa.fab.n_iter = self.n_iter  # FAB reads n_iter at run time only
-        if self.eot_iter is not None:
-            aa.apgd.eot_iter = self.eot_iter
-        if not is_stochastic(model):
-            aa.apgd.eot_iter = 1  # identical draws: the other eot_iter - 1 would only cost time
+        if self.eot_iter is not None:  # every APGD component: the budget the rows record
+            aa.apgd.eot_iter = aa.apgd_targeted.eot_iter = self.eot_iter
+        if not is_stochastic(model):  # identical draws: the other eot_iter - 1 would only cost time
+            aa.apgd.eot_iter = aa.apgd_targeted.eot_iter = 1
         if self.restarts is not None:
-            aa.apgd.n_restarts = self.restarts
+            aa.apgd.n_restarts = aa.apgd_targeted.n_restarts = self.restarts
         if self.n_queries is not None:
             aa.square.n_queries = self.n_queries
         return aa
@@ -186,8 +198,12 @@ class AutoAttackRand(Attack):
                 for _ in range(apgd.n_restarts):
                     if not book.done:
                         chunks = book.live.split(self.batch_size)
-                        points = [best_loss_point(apgd, component, x[c], y[c], rank) for c in chunks]
-                        book.check(torch.cat(points), by=component)
+                        best, fooled, fooled_point = map(torch.cat, zip(*(
+                            apgd_run(apgd, component, x[c], y[c], rank) for c in chunks)))
+                        kept = book.check(best, by=component)
+                        # an iterate one noisy forward misclassified is a candidate too: judged for
+                        # the samples that survived their best-loss point
+                        book.check(fooled_point[kept], by=component, among=fooled[kept])
         return book.outcome()
 
     @contextmanager

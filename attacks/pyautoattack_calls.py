@@ -32,11 +32,17 @@ def rebuild_apgd(apgd: Any, n_iter: int) -> Any:
     return type(apgd)(apgd.model, loss=apgd.loss, **kwargs)
 
 
-def best_loss_point(apgd: Any, component: str, x: Tensor, y: Tensor, target_rank: int) -> Tensor:
-    """One APGD run of ``component`` from the library: its highest-loss iterate (all samples).
+def apgd_run(apgd: Any, component: str, x: Tensor, y: Tensor, target_rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One APGD run of ``component`` from the library (all samples).
 
     APGD-T aims at the class ranked ``target_rank`` (2 = runner-up) by one forward of the attacked
     model, as the library chooses its targets.
+
+    Returns:
+        ``(best_loss, fooled, fooled_point)``: the highest-loss iterate of each sample; whether one
+        forward of the attacked model misclassified an iterate of the sample during the run; and
+        the last such iterate (the clean image where ``fooled`` is False). On a stochastic model
+        both points are candidates only: the caller's judge decides.
     """
     apgd.init_hyperparam(x)
     if component == "apgd-t":
@@ -44,4 +50,5 @@ def best_loss_point(apgd: Any, component: str, x: Tensor, y: Tensor, target_rank
             apgd.y_target = apgd.model(x).sort(dim=1)[1][:, -target_rank]
     else:
         apgd.loss = "ce" if component == "apgd-ce" else "dlr"
-    return apgd.attack_single_run(x, y)[0].detach()
+    best_loss, still_correct, _, fooled_point = apgd.attack_single_run(x, y)
+    return best_loss.detach(), ~still_correct.bool(), fooled_point.detach()

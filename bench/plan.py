@@ -20,13 +20,14 @@ success rules of README "Success rules"):
   the judge confirms a break once, a broken image stops early); ``J = ceil(steps / check_every)``
   under ``any`` / ``any:N`` elsewhere (every N-th iterate and the last one of each still-unbroken image).
 - AutoAttack on a stochastic model (rule ``best-loss``): per APGD component and restart (APGD-T: per
-  target class) one ``attack_single_run`` of ``(n_iter + 1) x eot_iter`` gradients (APGD-T: plus the
-  forward that picks the target) and one judgement of its best-loss point.
+  target class and restart) one ``attack_single_run`` of ``(n_iter + 1) x eot_iter`` gradients (APGD-T:
+  plus the forward that picks the target) and at most two judgements: its best-loss point, then, for
+  the samples that survive it, the last iterate a forward of the model misclassified.
 - AutoAttack on a deterministic (or oblivious) model runs the library one call per component on the
   samples no earlier component broke; each call makes pyautoattack's sanity forwards (range and
   dynamic checks, 5 more for the randomness check outside ``version: rand``), its clean forward, the
   component's passes (APGD: the prediction forward and ``restarts x (n_iter + 1)`` gradients; APGD-T:
-  per target class a target forward and ``n_iter + 1`` gradients; FAB and Square: the budget's
+  per target class a target forward and ``restarts x (n_iter + 1)`` gradients; FAB and Square: the budget's
   iterations / queries) and its robustness forward; then the judge decides once (``J = 1``).
 
 Early exits (a broken image is no longer attacked or judged; an image misclassified clean is never
@@ -95,14 +96,6 @@ class AttackPasses:
 AA_CHECK_FORWARDS, AA_RANDOMIZED_CHECK_FORWARDS = 2, 5
 
 
-def _aa_components(attack: Any) -> list[str]:
-    if attack.version == "standard":
-        return ["apgd-ce", "apgd-t", "fab-t", "square"]
-    if attack.version == "rand":
-        return ["apgd-ce", "apgd-dlr"]
-    return list(attack.attacks)
-
-
 def _eot_passes(attack: Any, model: Any) -> AttackPasses:
     """PGD-EOT / BPDA+EOT (``attacks/eot.py``): all steps, and the judgements of the success rule."""
     from attacks.base import forward_decides
@@ -115,13 +108,14 @@ def _eot_passes(attack: Any, model: Any) -> AttackPasses:
     return AttackPasses(gradient, 0.0, 1.0)  # final: every step, one judgement, no early exit
 
 
-def _library_component(component: str, attack: Any, n_iter: int, apgd_restarts: int) -> tuple[float, float]:
+def _library_component(component: str, attack: Any, n_iter: int) -> tuple[float, float]:
     """(gradient, forward) passes per image of one pyautoattack component as the library runs it
     (deterministic model: one EOT draw); FAB's per-class backward passes count as one gradient pass."""
+    restarts = attack.apgd_restarts(component)
     if component in ("apgd-ce", "apgd-dlr"):  # the prediction forward, then the restarts
-        return apgd_restarts * (n_iter + 1.0), 1.0
-    if component == "apgd-t":  # prediction, and per target class its target forward and one run
-        return AA_TARGET_CLASSES * (n_iter + 1.0), 1.0 + AA_TARGET_CLASSES
+        return restarts * (n_iter + 1.0), 1.0
+    if component == "apgd-t":  # prediction, and per target class its target forward and its runs
+        return AA_TARGET_CLASSES * restarts * (n_iter + 1.0), 1.0 + AA_TARGET_CLASSES
     if component in ("fab", "fab-t"):  # prediction; per run 2 + n_iter forwards, n_iter gradients, a check
         runs = AA_TARGET_CLASSES if component == "fab-t" else (1 if attack.version == "standard" else 5)
         return runs * float(n_iter), 1.0 + runs * (3.0 + n_iter)
@@ -135,22 +129,18 @@ def _autoattack_passes(attack: Any, model: Any) -> AttackPasses:
     from attacks.base import is_stochastic
 
     n_iter = attack.n_iter or 100
-    apgd_restarts = attack.restarts or (1 if attack.version in ("standard", "rand") else 5)
     grad = fwd = judgements = 0.0
-    if is_stochastic(model):  # every APGD run's best-loss point is judged (FAB, Square are refused there)
-        eot = attack.eot_iter or (20 if attack.version == "rand" else 1)
-        for component in _aa_components(attack):
-            if component == "apgd-t":  # the library's targeted APGD: 1 restart, 1 EOT draw per target
-                grad += AA_TARGET_CLASSES * (n_iter + 1.0)
-                fwd += AA_TARGET_CLASSES
-                judgements += AA_TARGET_CLASSES
-            else:
-                grad += apgd_restarts * (n_iter + 1.0) * eot
-                judgements += apgd_restarts
+    if is_stochastic(model):  # every APGD run's candidate points are judged (FAB, Square are refused there)
+        eot = attack.budget().eot
+        for component in attack.components():
+            runs = attack.apgd_restarts(component) * (AA_TARGET_CLASSES if component == "apgd-t" else 1)
+            grad += runs * (n_iter + 1.0) * eot
+            fwd += runs if component == "apgd-t" else 0.0  # each run's forward that picks its target
+            judgements += 2 * runs  # the best-loss point, then the fooled iterate of the survivors
         return AttackPasses(grad, fwd, judgements, exact=False)
     checks = AA_CHECK_FORWARDS + (AA_RANDOMIZED_CHECK_FORWARDS if attack.version != "rand" else 0)
-    for component in _aa_components(attack):  # one library call per component
-        g, f = _library_component(component, attack, n_iter, apgd_restarts)
+    for component in attack.components():  # one library call per component
+        g, f = _library_component(component, attack, n_iter)
         grad, fwd = grad + g, fwd + f + checks + 2  # + the call's clean and robustness forwards
     return AttackPasses(grad, fwd, 1.0, exact=False)
 

@@ -142,14 +142,20 @@ def test_run_on_a_deterministic_defense_is_one_library_call(setup, data_dir):
 
 def test_run_on_a_stochastic_defense_judges_every_component_on_every_survivor(setup):
     """APGD-CE then APGD-DLR each run on every sample still standing (all clean-correct ones first)
-    and the K-vote judge decides on their best-loss points — never one noisy forward."""
+    and the K-vote judge decides on their best-loss points (then on the iterate one noisy forward
+    misclassified, for the samples that survived it) — never one noisy forward."""
     clf, x, y = setup
     model = DefendedModel(clf, create_defense("noisy", sigma=0.04), "full", RngStream(0, "t", "d"))
     judge = RecordingJudge(DefendedModel(clf, create_defense("noisy", sigma=0.04), "bpda", RngStream(0, "t", "v")))
     attack = AutoAttackRand(version="rand", eps=2 / 255, n_iter=4, eot_iter=2)
     out = attack.run(model, x, y, torch.Generator().manual_seed(0), judge)
     first = sum(b == "apgd-ce" for b in out.broken_by)
-    assert judge.sizes == [8, 8 - first]  # one judged round per component, on the survivors
+    # per component a judged round of its best-loss points on every survivor (8, then 8 - first), each
+    # followed by at most one round of fooled iterates among the samples that round left standing
+    sizes = judge.sizes
+    second = sizes.index(8 - first, 1)
+    assert sizes[0] == 8 and second in (1, 2) and len(sizes) - second in (1, 2)
+    assert all(0 < n < 8 for n in sizes[1:second]) and all(0 < n <= 8 - first for n in sizes[second + 1:])
     assert (out.x_adv != x).flatten(1).any(1).all()  # every sample holds a point the attack reached
     assert (out.x_adv - x).abs().max() <= 2 / 255 + 1e-6 and out.x_adv.min() >= 0 and out.x_adv.max() <= 1
     assert all((b is None) == (p == t) for b, p, t in zip(out.broken_by, out.pred.tolist(), y.tolist()))
@@ -162,3 +168,22 @@ def test_single_forward_components_are_refused_on_a_stochastic_defense(setup):
     judge = RecordingJudge(DefendedModel(clf, create_defense("noisy", sigma=0.04), "bpda", RngStream(0, "t", "v")))
     with pytest.raises(ValueError, match="square"):
         AutoAttackRand(version="custom", attacks=["square"], n_queries=5).run(model, x[:2], y[:2], torch.Generator(), judge)
+
+
+def test_budget_is_what_the_library_objects_run(setup):
+    """``eot_iter`` and ``restarts`` reach every APGD component (APGD-T included), and the budget the
+    rows record is the library's own default where they are not given (custom lists: 5 restarts)."""
+    clf, _, _ = setup
+    model = DefendedModel(clf, create_defense("noisy", sigma=0.04), "full", RngStream(0, "t", "d"))
+    given = AutoAttackRand(version="custom", attacks=["apgd-ce", "apgd-t"], eot_iter=20, restarts=2)
+    aa = given.build(model, 0, torch.device("cpu"))
+    assert (aa.apgd.eot_iter, aa.apgd_targeted.eot_iter) == (20, 20)
+    assert (aa.apgd.n_restarts, aa.apgd_targeted.n_restarts) == (2, 2)
+    assert (given.budget().eot, given.budget().restarts) == (20, 2)
+
+    default = AutoAttackRand(version="custom", attacks=["apgd-ce", "apgd-t"])
+    aa = default.build(model, 0, torch.device("cpu"))
+    assert (aa.apgd.n_restarts, aa.apgd_targeted.n_restarts) == (5, 1)
+    assert default.budget().restarts == 5 and default.apgd_restarts("apgd-t") == 1
+    assert AutoAttackRand(version="rand").budget().restarts == 1 == AutoAttackRand(version="rand").build(
+        model, 0, torch.device("cpu")).apgd.n_restarts
