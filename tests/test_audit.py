@@ -28,7 +28,7 @@ import pytest
 import shattered_defense  # noqa: F401  (registers the test-only obfuscating defense "shattered")
 from click.testing import CliRunner
 
-from bench.audit import FAIL, NA, PASS, WARN, run_job
+from bench.audit import FAIL, NA, PASS, WARN, audit_run, run_job
 from bench.audit.checks import (NEAR_ZERO, check_convergence, check_gradient_modes, check_ladder, check_transfer,
                                 check_vote_stability, vote_margins)
 from bench.audit.measure import number
@@ -248,6 +248,21 @@ def test_companion_run_is_derived_and_never_the_latest_run(voting, tmp_path):
     assert status.output.startswith("run votes ") and "derived runs (bench audit / bench sweep): votes.audit" in status.output
     board = runner.invoke(main, ["leaderboard", "--results", str(results)])
     assert board.exit_code == 0 and board.output.startswith("### votes:"), board.output
+
+
+def test_companion_provenance_hashes_the_audits_data_dir(voting, data_dir, tmp_path):
+    """`bench audit --data-dir D`: the extra tasks read D, and the companion run's provenance names D's files."""
+    results = Path(shutil.copytree(voting[0], tmp_path / "results"))
+    other = tmp_path / "data"  # the same files under another directory than $BENCH_DATA_DIR
+    other.mkdir()
+    for name in ("cifar10_test.npz", "weights"):
+        (other / name).symlink_to(data_dir / name)
+    _audit(results, "votes", "--images", "2", "--data-dir", str(other))
+    data = ResultStore(results).versions("votes.audit")[-1].provenance["data"]
+    assert [Path(d["path"]).parent for d in data] == [other], data
+    # the library refuses a store that would record another data directory than the tasks read
+    with pytest.raises(ValueError, match="open it with bench.api.open_results"):
+        audit_run(ResultStore(results), "votes", images=2, data_dir=str(other), backend=lambda: None, log=print)
 
 
 @pytest.mark.parametrize("args, message", [

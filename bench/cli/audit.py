@@ -37,8 +37,8 @@ def audit_cmd(run: str, results: Path, images: int, extra: bool, fmt: str, out: 
     from bench.audit import AuditError, audit_run, render
     from bench.scheduler import make_backend
 
-    store = open_store(results, writable=extra)
     data_dir, model_dir = absolute(data_dir), absolute(model_dir)
+    store = open_store(results, writable=extra, data_dir=data_dir)  # the companion's provenance hashes data_dir
     try:
         report = audit_run(
             store, run, images=images, extra=extra, data_dir=data_dir, progress=progress,
