@@ -185,7 +185,7 @@ def audit_run(store: Any, run: str, *, images: int = 64, extra: bool = True, bac
         cspec = parse_job(plan.job, path=f"audit job of run {run!r}")
         tasks = expand_tasks(cspec, data_dir=data_dir)
         log(f"audit of {run!r}: {len(tasks)} extra task(s) in run {plan.companion!r} on {len(plan.images)} images, "
-            f"seed {plan.seed} (tasks done by an earlier audit are re-used)")
+            f"seed {plan.seed} (tasks done by an earlier audit with the same images are re-used)")
         submitted = submit(cspec.name, cspec, tasks, store, backend, progress=progress, log=log)
     if not extra:
         note = "(--no-extra: only rows already in the run and in an earlier audit's companion run were read.)"
