@@ -149,15 +149,18 @@ def _prepare_data(spec: "JobSpec", tasks: "list[Task]", data_dir: str | None, mo
 
 
 def open_results(results: str | Path = "results", *, writable: bool = False,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, data_dir: str | os.PathLike | None = None):
     """The existing store under ``results``: read-only (works on a read-only directory) unless
-    ``writable``. Raises ``StoreError`` (exit code 2 in the CLI) when there are no results there."""
+    ``writable``. Raises ``StoreError`` (exit code 2 in the CLI) when there are no results there.
+
+    ``data_dir`` is the data directory of the tasks a writable store will record (default None:
+    the datasets' default), hashed into the provenance of a new run version as in :func:`submit`."""
     from bench.store import ResultStore, StoreError
 
     results = Path(results)
     if not (results / "catalog.sqlite").is_file() and not (results / "runs").is_dir():
         raise StoreError(f"no results in {results} (no catalog.sqlite); run `bench submit JOB --results {results}`")
-    return ResultStore(results, readonly=not writable, log=log)
+    return ResultStore(results, readonly=not writable, data_dir=absolute_path(data_dir), log=log)
 
 
 def load(runs: str | Sequence[str], results: str | Path = "results", *,

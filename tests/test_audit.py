@@ -17,6 +17,7 @@ The checks' thresholds and n/a paths are tested on constructed rows (pure functi
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -27,12 +28,13 @@ import pytest
 import shattered_defense  # noqa: F401  (registers the test-only obfuscating defense "shattered")
 from click.testing import CliRunner
 
-from bench.audit import FAIL, NA, PASS, WARN, run_job
+from bench.audit import FAIL, NA, PASS, WARN, audit_run, run_job
 from bench.audit.checks import (NEAR_ZERO, check_convergence, check_gradient_modes, check_ladder, check_transfer,
                                 check_vote_stability, vote_margins)
 from bench.audit.measure import number
 from bench.audit.plan import LINF_LADDER, plan_audit
 from bench.cli import main
+from bench.registry import ATTACKS
 from bench.schema import ROW_SCHEMA, CellInfo
 from bench.spec import parse_job
 from bench.store import ResultStore
@@ -248,6 +250,21 @@ def test_companion_run_is_derived_and_never_the_latest_run(voting, tmp_path):
     assert board.exit_code == 0 and board.output.startswith("### votes:"), board.output
 
 
+def test_companion_provenance_hashes_the_audits_data_dir(voting, data_dir, tmp_path):
+    """`bench audit --data-dir D`: the extra tasks read D, and the companion run's provenance names D's files."""
+    results = Path(shutil.copytree(voting[0], tmp_path / "results"))
+    other = tmp_path / "data"  # the same files under another directory than $BENCH_DATA_DIR
+    other.mkdir()
+    for name in ("cifar10_test.npz", "weights"):
+        (other / name).symlink_to(data_dir / name)
+    _audit(results, "votes", "--images", "2", "--data-dir", str(other))
+    data = ResultStore(results).versions("votes.audit")[-1].provenance["data"]
+    assert [Path(d["path"]).parent for d in data] == [other], data
+    # the library refuses a store that would record another data directory than the tasks read
+    with pytest.raises(ValueError, match="open it with bench.api.open_results"):
+        audit_run(ResultStore(results), "votes", images=2, data_dir=str(other), backend=lambda: None, log=print)
+
+
 @pytest.mark.parametrize("args, message", [
     (["nope"], "unknown run 'nope'"),
     (["votes.audit"], "audit 'votes' instead"),
@@ -343,6 +360,57 @@ def test_plan_default_probe_without_cheap_attack():
     assert sp.probe_cell == sp.modes["full"]  # one cell serves (b) at 4/255, (c) and (d)
     assert sorted(sp.ladder) == pytest.approx(sorted({4 / 255, *LINF_LADDER}))
     assert len(plan.images) == 4  # never more images than the run has
+
+
+#: the box diameter sqrt(3·32·32) of CIFAR-10, the top rung of an L2 ladder
+CIFAR_DIAMETER = math.sqrt(3 * 32 * 32)
+
+
+@pytest.mark.parametrize("norm, eps, probe_type, run_step", [
+    ("L2", 0.5, "pgd-eot", 2.5 * 0.5 / 10),    # normalised L2 step: 2.5 eps / steps
+    ("L2", 0.5, "bpda-eot", 2.5 * 0.5 / 10),
+    ("Linf", "2/255", "bpda-eot", 2 / 255),      # BPDA+EOT's own default step, not PGD-EOT's 0.007
+    ("Linf", "4/255", "pgd-eot", 0.007),
+])
+def test_extra_cells_carry_the_runs_threat_model(norm, eps, probe_type, run_step):
+    """Every extra cell is at the run's norm and eps (ladder rungs: at the rung), its step scaled
+    from the probe's step as the run resolved it, never from an attack's Linf 8/255 defaults."""
+    job = {"name": "t", "dataset": {"name": "cifar10", "subset": {"size": 512, "take": 4}}, "classifier": "resnet20",
+           "threat": {"norm": norm, "eps": eps}, "seeds": [0], "votes": 1,
+           "defenses": ["none", {"name": "wild", "type": "noisy", "sigma": 0.05}],
+           "attacks": [{"name": "pgd", "type": "pgd-eot", "steps": 10, "eot": 2},
+                       {"name": "bpda", "type": "bpda-eot", "steps": 10, "eot": 2}]}
+    spec = parse_job(job)
+    probe = {"pgd-eot": "pgd", "bpda-eot": "bpda"}[probe_type]
+    plan = plan_audit(job, spec, _rows_for(spec, lambda task, image: task.attack != probe and image % 2 == 0),
+                      images=4, l2_diameter=CIFAR_DIAMETER)
+    eps = spec.threat.eps
+    extra = {name: (conf["type"], conf["params"]) for name, _, conf in parse_job(plan.all_cells_job).attack_cells()}
+
+    def resolved_step(name: str) -> float:
+        kind, params = extra[name]
+        return ATTACKS.create(kind, **params).step_size
+
+    assert len(plan.subjects) == 2
+    for sp in plan.subjects:
+        assert (sp.probe.cell, sp.subject.norm, sp.subject.eps) == (probe, norm, eps)
+        assert float(sp.probe.param("step_size")) == pytest.approx(run_step)
+        same_ball = [*sp.oblivious, *sp.modes.values(), sp.half_steps, sp.half_eot]
+        for ref in filter(None, same_ball):
+            if ref.source == "audit":
+                params = extra[ref.name][1]
+                assert (params["norm"], params["eps"]) == (norm, pytest.approx(eps)), ref.name
+        for ref in sp.modes.values():  # PGD-EOT with the probe's budget: its step too
+            assert resolved_step(ref.name) == pytest.approx(run_step) if ref.source == "audit" else ref.name == probe
+        assert (sp.half_eot is not None) == (sp.subject.defense == "wild")
+        rungs = [r for r, ref in sp.ladder.items() if ref.source == "audit"]
+        assert len(rungs) == len(sp.ladder) - 1 and sp.ladder[eps].name == probe
+        for rung in rungs:
+            name = sp.ladder[rung].name
+            assert (extra[name][0], extra[name][1]["norm"], extra[name][1]["eps"]) == (probe_type, norm, rung)
+            assert resolved_step(name) == pytest.approx(run_step * rung / eps), name
+    if norm == "L2":  # the reviewer's case: rung 1.0 of an L2 0.5 run steps twice the run's 0.125
+        assert resolved_step(plan.subjects[0].ladder[1.0].name) == pytest.approx(0.25)
 
 
 def test_plan_of_a_clean_only_run_has_nothing_to_audit():

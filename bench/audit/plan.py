@@ -101,7 +101,8 @@ class Probe:
 
     Attributes:
         cell: The run's attack cell, or None for the audit's default PGD-EOT.
-        entry: Its job entry (``type``, ``gradient``, plugin parameters; no name or defenses).
+        entry: Its resolved job entry (``type``, ``gradient``, plugin parameters with the job's
+            ``threat`` merged in, so ``norm`` and ``eps`` are the run's; no name or defenses).
         why: How it was chosen, for the report.
     """
 
@@ -114,9 +115,10 @@ class Probe:
         return str(self.entry["type"])
 
     def param(self, key: str) -> Any:
-        """The probe's value of ``key``: as the entry says, else what the built attack resolved its
-        default to (e.g. ``step_size: None`` becomes the attack's step for its norm), else the default."""
-        if key in self.entry:
+        """The probe's value of ``key``: as the entry says, else what the attack built from the entry
+        resolved its default to (e.g. ``step_size: None`` becomes the attack's step for the run's norm,
+        eps and steps), else the default."""
+        if self.entry.get(key) is not None:
             return self.entry[key]
         accepted = ATTACKS.parameters(self.type)
         built = ATTACKS.create(self.type, **{k: v for k, v in self.entry.items() if k in accepted})
@@ -199,14 +201,20 @@ def eps_label(norm: str, eps: float) -> str:
     return f"{norm.lower()}{value}".replace(".", "p")
 
 
-def _entry(spec_entry: Any) -> dict[str, Any]:
-    """Job form of a parsed attack entry (numbers already coerced), without name and defenses."""
+def _entry(spec_entry: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Job form of a parsed attack entry with its resolved ``config`` (``JobSpec.attack_cells``: numbers
+    coerced, the job's threat merged in), without name and defenses.
+
+    The threat's norm and eps are spelled out: the extra cells built from this entry change the attack
+    type (check d) or the radius (check b), and must not fall back to an attack's own defaults
+    (Linf 8/255). A cell that spells them out resolves to the same config, so its task ids are unchanged.
+    """
     out: dict[str, Any] = {"type": spec_entry.type}
     if spec_entry.gradient is not None:
         out["gradient"] = spec_entry.gradient
     if spec_entry.setting != "adaptive":
         out["setting"] = spec_entry.setting
-    out.update(spec_entry.params)
+    out.update(config["params"])
     return out
 
 
@@ -254,7 +262,7 @@ def choose_probe(subject: Subject, candidates: list[tuple[str, dict[str, Any], p
 
     Args:
         subject: The defense and threat model.
-        candidates: ``(cell name, entry, its rows on this defense)`` of the run's adaptive
+        candidates: ``(cell name, resolved entry, its rows on this defense)`` of the run's adaptive
             PGD-EOT / BPDA+EOT cells at the subject's threat model, in job order.
     """
     rated = [(name, entry, _robust_rate(rows)) for name, entry, rows in candidates if not rows.empty]
@@ -314,7 +322,7 @@ def plan_audit(job: dict[str, Any], spec: JobSpec, rows: pd.DataFrame, *, images
     cells = _Cells()
     drafts: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    attack_entries = {name: entry for name, entry, _ in spec.attack_cells()}
+    attack_entries = {name: (entry, aconf) for name, entry, aconf in spec.attack_cells()}
     for dname, dconf in spec.defense_cells():
         adaptive = [(aname, aconf) for aname, entry, aconf in spec.attack_cells()
                     if (dname, aname) in run_sigs and run_sigs[(dname, aname)].setting == "adaptive"]
@@ -328,8 +336,8 @@ def plan_audit(job: dict[str, Any], spec: JobSpec, rows: pd.DataFrame, *, images
         modes = tuple(dict.fromkeys([*defense_gradient_modes(dconf), "bpda"]))
         for (norm, eps), names in threats.items():
             subject = Subject(dname, dconf["type"], norm, eps, stochastic, modes)
-            candidates = [(a, _entry(attack_entries[a]), run_sigs[(dname, a)].select(rows))
-                          for a in names if attack_entries[a].type in CHEAP_ATTACKS]
+            candidates = [(a, _entry(*attack_entries[a]), run_sigs[(dname, a)].select(rows))
+                          for a in names if attack_entries[a][0].type in CHEAP_ATTACKS]
             probe = choose_probe(subject, candidates)
             label = eps_label(norm, eps)
             tag = probe.cell or f"pgd-eot-{label}"

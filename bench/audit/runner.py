@@ -128,6 +128,15 @@ def _cost(store: Any, plan: AuditPlan, submitted: Any, note: str) -> tuple[Cost,
     return cost, failures
 
 
+def _check_provenance_data_dir(store: Any, data_dir: str | None) -> None:
+    """The extra tasks read ``data_dir``; the store records the provenance of its own ``data_dir``."""
+    from bench.api import absolute_path
+
+    if absolute_path(store.data_dir) != absolute_path(data_dir):
+        raise ValueError(f"the extra tasks read data directory {data_dir!r} but the store records the provenance "
+                         f"of {store.data_dir!r}: open it with bench.api.open_results(..., data_dir={data_dir!r})")
+
+
 def audit_run(store: Any, run: str, *, images: int = 64, extra: bool = True, backend: Any = None,
               data_dir: str | None = None, progress: bool = True, log: Log = _stderr) -> AuditReport:
     """Audit a stored run for gradient obfuscation (issue 7 §6).
@@ -140,13 +149,16 @@ def audit_run(store: Any, run: str, *, images: int = 64, extra: bool = True, bac
             audit's companion run hold; checks without rows are ``n/a``.
         backend: A scheduler backend or a zero-argument factory (``bench.scheduler.make_backend``),
             called only when some extra task must run.
-        data_dir: Data directory for the extra tasks (default None: the dataset's default).
+        data_dir: Data directory for the extra tasks (default None: the dataset's default); it must be
+            the store's ``data_dir`` (``bench.api.open_results(..., data_dir=)``), whose dataset files
+            the companion run's provenance hashes.
         progress: Progress bar on stderr while the extra cells run (default True).
         log: Where notes go (default stderr).
 
     Raises:
         bench.store.StoreError: unknown run. AuditError: a companion run, or a run without rows.
         bench.spec.JobSpecError: the run's recorded job no longer validates.
+        ValueError: extra tasks must run and ``data_dir`` is not the store's.
     """
     from bench.scheduler import submit
     from bench.spec import parse_job
@@ -169,10 +181,11 @@ def audit_run(store: Any, run: str, *, images: int = 64, extra: bool = True, bac
     if extra and plan.job is not None:
         if backend is None:
             raise ValueError("audit_run needs a backend to run the extra cells (or extra=False)")
+        _check_provenance_data_dir(store, data_dir)
         cspec = parse_job(plan.job, path=f"audit job of run {run!r}")
         tasks = expand_tasks(cspec, data_dir=data_dir)
         log(f"audit of {run!r}: {len(tasks)} extra task(s) in run {plan.companion!r} on {len(plan.images)} images, "
-            f"seed {plan.seed} (tasks done by an earlier audit are re-used)")
+            f"seed {plan.seed} (tasks done by an earlier audit with the same images are re-used)")
         submitted = submit(cspec.name, cspec, tasks, store, backend, progress=progress, log=log)
     if not extra:
         note = "(--no-extra: only rows already in the run and in an earlier audit's companion run were read.)"

@@ -13,7 +13,8 @@ from bench.cli.common import BadInput, absolute, emit, execution_options, main, 
 @click.argument("run")
 @results_option
 @click.option("--images", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images of the extra cells: the first N of the run's images (one seed).")
+              help="Images of the extra cells: the first N of the run's images (one seed). A repeated audit "
+                   "with the same N re-uses the extra cells; another N runs them again.")
 @click.option("--extra/--no-extra", default=True, show_default=True,
               help="Run the extra cells (oblivious PGD, eps ladder, half budgets, gradient modes) in the companion "
                    "run RUN.audit; --no-extra reads only rows that exist already.")
@@ -37,8 +38,8 @@ def audit_cmd(run: str, results: Path, images: int, extra: bool, fmt: str, out: 
     from bench.audit import AuditError, audit_run, render
     from bench.scheduler import make_backend
 
-    store = open_store(results, writable=extra)
     data_dir, model_dir = absolute(data_dir), absolute(model_dir)
+    store = open_store(results, writable=extra, data_dir=data_dir)  # the companion's provenance hashes data_dir
     try:
         report = audit_run(
             store, run, images=images, extra=extra, data_dir=data_dir, progress=progress,

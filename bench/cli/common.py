@@ -101,12 +101,14 @@ def main() -> None:
     """
 
 
-def open_store(results: Path, writable: bool = False) -> Any:
+def open_store(results: Path, writable: bool = False, data_dir: str | None = None) -> Any:
     """The existing store under ``results`` (``bench.api.open_results``): read-only unless
-    ``writable``; notes (e.g. a catalog rebuilt in memory from the run folders) go to stderr."""
+    ``writable``, recording ``data_dir`` in the provenance of what it writes; notes (e.g. a catalog
+    rebuilt in memory from the run folders) go to stderr."""
     from bench.api import open_results
 
-    return open_results(results, writable=writable, log=lambda message: click.echo(message, err=True))
+    return open_results(results, writable=writable, data_dir=data_dir,
+                        log=lambda message: click.echo(message, err=True))
 
 
 def emit(text: str, out: Path | None) -> None:
