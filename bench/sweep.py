@@ -3,8 +3,9 @@
 A sweep takes a job and one or more parameters with their values, e.g.
 ``defenses.lp.cutoff=4,8,12,16,20`` (a defense or attack is addressed by its cell name; other fields by
 their dotted path: ``votes``, ``threat.eps``). Each Ray Tune trial is one assignment of values: the job
-with those values is an ordinary job (its run is named ``<job>.<assignment>`` and is derived from
-``<job>``: ``derived_from``, so it is never "the latest run"), expanded into
+with those values is an ordinary job (its run is named ``<job>.<path>-<value>``, e.g.
+``sweep.defenses.lp.cutoff-8``, and is derived from ``<job>``: ``derived_from``, so it is never "the
+latest run"), expanded into
 ordinary tasks and run through ``bench.scheduler.submit`` into the same results directory as any
 run — so a repeated or extended sweep resumes and re-uses every finished task, and ``bench status`` /
 ``bench leaderboard`` work on every trial. When every parameter addresses a defense, the trial jobs
@@ -107,8 +108,12 @@ def _set(job: dict[str, Any], spec: Any, param: SweepParam, value: Any) -> None:
 
 
 def trial_name(base: str, assignment: dict[str, Any]) -> str:
-    """``<job>.<last path segment>-<value>...``, e.g. ``sweep.cutoff-8`` (safe for paths and Ray)."""
-    parts = [f"{name.split('.')[-1]}-{value}" for name, value in assignment.items()]
+    """``<job>.<path>-<value>...``, e.g. ``sweep.defenses.lp.cutoff-8`` (safe for paths and Ray).
+
+    The whole path, as given to ``--param``: a run name stands for one job, so sweeps of ``lp.cutoff``
+    and ``lp2.cutoff`` (or of a defense and an attack cell of the same name) must not share a run.
+    """
+    parts = [f"{name}-{value}" for name, value in assignment.items()]
     return f"{base}." + _UNSAFE.sub("_", ".".join(parts))
 
 

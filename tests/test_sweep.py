@@ -28,7 +28,7 @@ def test_parse_param_and_trial_jobs():
     assert p.path == ("defenses", "lp", "cutoff") and p.values == (4, 8, 16)
     assert parse_param("threat.eps=4/255,8/255").values == ("4/255", "8/255")
     job = trial_job(_spec(), [p], {"defenses.lp.cutoff": 8})
-    assert job["name"] == "sw.cutoff-8" and job["defenses"] == [{"type": "lowpass", "name": "lp", "cutoff": 8}]
+    assert job["name"] == "sw.defenses.lp.cutoff-8" and job["defenses"] == [{"type": "lowpass", "name": "lp", "cutoff": 8}]
     assert parse_job(job, "sw.yaml").defenses[0].params == {"cutoff": 8}  # an ordinary, valid job
     votes = trial_job(_spec(), [parse_param("votes=3")], {"votes": 3})
     assert votes["votes"] == 3 and len(votes["defenses"]) == 2  # not a defense parameter: every defense stays
@@ -36,6 +36,23 @@ def test_parse_param_and_trial_jobs():
         trial_job(_spec(), [parse_param("defenses.lowpass.cutoff=4")], {"defenses.lowpass.cutoff": 4})
     with pytest.raises(SweepError, match="PATH=V1,V2"):
         parse_param("defenses.lp.cutoff")
+
+
+def test_trial_runs_of_different_cells_never_share_a_name():
+    """A run name stands for one job: sweeping ``cutoff`` of two cells (or a defense and an attack cell
+    of the same name) to the same value gives two runs, each a safe name, not one run whose second
+    sweep makes a new version under the first sweep's table."""
+    from bench.spec.names import is_safe_name
+
+    job = {**copy.deepcopy(JOB), "defenses": ["none", {"name": "lp", "type": "lowpass", "cutoff": 12},
+                                               {"name": "lp2", "type": "lowpass", "cutoff": 16}],
+           "attacks": [{"name": "lp", "type": "pgd-eot", "steps": 2, "step_size": "2/255", "eot": 1}]}
+    spec = parse_job(job, "sw.yaml")
+    names = [trial_job(spec, [parse_param(f"{path}=8")], {path: 8})["name"]
+             for path in ("defenses.lp.cutoff", "defenses.lp2.cutoff", "attacks.lp.steps")]
+    assert names == ["sw.defenses.lp.cutoff-8", "sw.defenses.lp2.cutoff-8", "sw.attacks.lp.steps-8"]
+    eps = trial_job(spec, [parse_param("threat.eps=8/255"), parse_param("votes=3")], {"threat.eps": "8/255", "votes": 3})
+    assert eps["name"] == "sw.threat.eps-8_255.votes-3" and all(map(is_safe_name, [*names, eps["name"]]))
 
 
 def test_trial_accuracies_never_mix_threat_models():
@@ -81,12 +98,12 @@ def test_trial_runs_are_derived_and_never_the_latest_run(tmp_path):
     trial = parse_job(trial_job(spec, [parse_param("defenses.lp.cutoff=8")], {"defenses.lp.cutoff": 8}), "sw.yaml")
     assert trial.derived_from == "sw" and trial.record()["derived_from"] == "sw"
     submit(trial.name, trial, make_tasks(run=trial.name, n=2), store, SerialBackend(fn=fake_run_task), progress=False)
-    assert store.versions("sw.cutoff-8")[-1].spec["derived_from"] == "sw"
-    assert store.runs()[-1] == "sw.cutoff-8" and store.latest_run() == "sw"
+    assert store.versions("sw.defenses.lp.cutoff-8")[-1].spec["derived_from"] == "sw"
+    assert store.runs()[-1] == "sw.defenses.lp.cutoff-8" and store.latest_run() == "sw"
     runner = CliRunner()
     status = runner.invoke(main, ["status", "--results", str(tmp_path)])
     assert status.exit_code == 0 and status.output.startswith("run sw "), status.output
-    assert "derived runs (bench audit / bench sweep): sw.cutoff-8" in status.output
+    assert "derived runs (bench audit / bench sweep): sw.defenses.lp.cutoff-8" in status.output
     board = runner.invoke(main, ["leaderboard", "--results", str(tmp_path)])
     assert board.exit_code == 0 and board.output.startswith("### sw:"), board.output
 
@@ -97,7 +114,7 @@ def test_sweep_runs_trials_as_ordinary_runs(tmp_path, ray_cluster, data_dir):
     params = [parse_param("defenses.lp.cutoff=4,16")]
     result = run_sweep(spec, params, results=tmp_path, data_dir=str(data_dir))
     assert [(r["defenses.lp.cutoff"], r["defense"], r["run"]) for r in result.rows] == [
-        (4, "lp", "sw.cutoff-4"), (16, "lp", "sw.cutoff-16")]
+        (4, "lp", "sw.defenses.lp.cutoff-4"), (16, "lp", "sw.defenses.lp.cutoff-16")]
     store = ResultStore(tmp_path)
     for r in result.rows:
         rows = store.read_run(r["run"]).to_pandas()
