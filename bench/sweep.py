@@ -9,7 +9,8 @@ latest run"), expanded into
 ordinary tasks and run through ``bench.scheduler.submit`` into the same results directory as any
 run — so a repeated or extended sweep resumes and re-uses every finished task, and ``bench status`` /
 ``bench leaderboard`` work on every trial. When every parameter addresses a defense, the trial jobs
-keep only those defenses (the other cells would not change with the parameter).
+keep only those defenses (the other cells would not change with the parameter), and attack
+``defenses:`` filters keep only those cells (an attack restricted to other cells is left out).
 
 Search: ``grid`` (every combination, ``tune.grid_search``) or ``random`` (``num_samples`` draws,
 ``tune.choice``). Each trial reports its accuracies to Tune; the driver then writes a Markdown table
@@ -128,7 +129,22 @@ def trial_job(spec: Any, params: Sequence[SweepParam], assignment: dict[str, Any
     swept = {p.path[1] for p in params if p.path[0] == "defenses"}
     if swept and all(p.path[0] == "defenses" for p in params):
         job["defenses"] = [e for e, name in zip(job["defenses"], _cell_names(spec, "defenses")) if name in swept]
+        job["attacks"] = _attacks_on(job["attacks"], swept)
     return job
+
+
+def _attacks_on(attacks: list[Any], kept: set[str]) -> list[Any]:
+    """The attack entries with their ``defenses:`` filters reduced to the ``kept`` defense cells; an
+    entry whose filter names none of them is dropped (it would attack nothing in the trial)."""
+    out = []
+    for entry in attacks:
+        if isinstance(entry, dict) and entry.get("defenses") is not None:
+            targets = [name for name in entry["defenses"] if name in kept]
+            if not targets:
+                continue
+            entry = {**entry, "defenses": targets}
+        out.append(entry)
+    return out
 
 
 # -- one trial ---------------------------------------------------------------------------------------

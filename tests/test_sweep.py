@@ -38,6 +38,25 @@ def test_parse_param_and_trial_jobs():
         parse_param("defenses.lp.cutoff")
 
 
+def test_defense_sweeps_drop_attack_filters_naming_dropped_cells():
+    """A defense-only sweep keeps only the swept defense cells: attack ``defenses:`` filters lose the
+    dropped names (else every trial job is invalid), and an attack restricted to dropped cells only
+    goes (it would attack nothing)."""
+    pgd = {"type": "pgd-eot", "steps": 2, "step_size": "2/255", "eot": 1}
+    job = {**copy.deepcopy(JOB), "attacks": [{**pgd, "name": "pgd"}, {**pgd, "name": "on-none", "defenses": ["none"]},
+                                              {**pgd, "name": "on-both", "defenses": ["none", "lp"]}]}
+    spec = parse_job(job, "sw.yaml")
+    trial = trial_job(spec, [parse_param("defenses.lp.cutoff=8")], {"defenses.lp.cutoff": 8})
+    assert [(a["name"], a.get("defenses")) for a in trial["attacks"]] == [("pgd", None), ("on-both", ["lp"])]
+    trial_spec = parse_job(trial, "sw.yaml")  # a valid job: no filter names a cell it does not have
+    assert [d.default_name() for d in trial_spec.defenses] == ["lp"]
+    only_none = {**copy.deepcopy(JOB), "attacks": [{**pgd, "name": "on-none", "defenses": ["none"]}]}
+    clean_only = trial_job(parse_job(only_none, "sw.yaml"), [parse_param("defenses.lp.cutoff=8")], {"defenses.lp.cutoff": 8})
+    assert clean_only["attacks"] == [] and parse_job(clean_only, "sw.yaml").attacks == []  # lp's clean accuracy only
+    votes = trial_job(spec, [parse_param("votes=3")], {"votes": 3})
+    assert votes["attacks"] == job["attacks"]  # not a defense sweep: every cell and filter stays
+
+
 def test_trial_runs_of_different_cells_never_share_a_name():
     """A run name stands for one job: sweeping ``cutoff`` of two cells (or a defense and an attack cell
     of the same name) to the same value gives two runs, each a safe name, not one run whose second
