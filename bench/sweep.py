@@ -12,8 +12,9 @@ run — so a repeated or extended sweep resumes and re-uses every finished task,
 keep only those defenses (the other cells would not change with the parameter), and attack
 ``defenses:`` filters keep only those cells (an attack restricted to other cells is left out).
 
-Search: ``grid`` (every combination, ``tune.grid_search``) or ``random`` (``num_samples`` draws,
-``tune.choice``). Each trial reports its accuracies to Tune; the driver then writes a Markdown table
+Search: ``grid`` (every combination) or ``random`` (``num_samples`` distinct combinations drawn without
+replacement by a seeded RNG, so a re-run picks the same trials and a larger ``num_samples`` keeps them);
+either way Tune gets the list as a ``tune.grid_search``, so no two trials share a run. Each trial reports its accuracies to Tune; the driver then writes a Markdown table
 and a PNG plot of clean and robust accuracy against the (first) parameter under
 ``<results>/sweeps/<job>/``, one row per trial, defense and threat model. Robust accuracy is the
 leaderboard's worst case within one threat model (dataset, classifier, norm, eps, setting): an
@@ -215,7 +216,7 @@ def _trainable(config: dict[str, Any], **kwargs: Any) -> None:
     """Ray Tune function trainable: one trial, its metrics reported to Tune once, at the end."""
     from ray import tune
 
-    metrics = run_trial(config, **kwargs)
+    metrics = run_trial(config["assignment"], **kwargs)
     first = metrics["accuracies"][0] if metrics["accuracies"] else {"clean": float("nan"), "robust": float("nan")}
     tune.report({"clean": first["clean"], "robust": first["robust"], "run": metrics["run"],
                  "accuracies": json.dumps(metrics["accuracies"]), "tasks": metrics["tasks"], "ran": metrics["ran"]})
@@ -241,8 +242,8 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
         spec: The base job.
         params: The swept fields (at least one).
         results: The results directory (absolute: trials run in other processes).
-        search: ``grid`` (every combination) or ``random`` (``num_samples`` draws).
-        num_samples: Draws for ``random`` (default 1; ignored by ``grid``).
+        search: ``grid`` (every combination) or ``random`` (``num_samples`` distinct ones: ``trial_assignments``).
+        num_samples: Combinations for ``random`` (default 1; ignored by ``grid``).
         max_concurrent: Trials at once (default None: Tune's choice; each trial's tasks share the cluster).
         data_dir: Data directory for the workers.
         model_dir: Model directory for the workers.
@@ -258,29 +259,26 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
         raise SweepError(f"search {search!r} is not one of {SEARCHES}")
     if not params:
         raise SweepError("give at least one --param PATH=V1,V2,...")
+    if num_samples < 1:
+        raise SweepError(f"num_samples must be at least 1, got {num_samples}")
     from bench.spec import parse_job
 
-    for values in _assignments(params):  # a bad path or value fails here, before any trial starts
-        parse_job(trial_job(spec, params, values), spec.path)
-    if search == "grid":
-        space = {p.name: tune.grid_search(list(p.values)) for p in params}
-        samples = 1
-    else:
-        space = {p.name: tune.choice(list(p.values)) for p in params}
-        samples = num_samples
+    assignments = trial_assignments(params, search, num_samples, seed)
+    runs: dict[str, dict[str, Any]] = {}
+    for values in assignments:  # a bad path or value fails here, before any trial starts
+        name = parse_job(trial_job(spec, params, values), spec.path).name
+        if name in runs:  # two trials driving one run: a store claim conflict or duplicated table rows
+            raise SweepError(f"--param values {runs[name]} and {values} both give the trial run {name!r}; "
+                             "give each value once")
+        runs[name] = values
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_path=spec.path, base=raw_job(spec), params=list(params),
                              results=str(results), data_dir=data_dir, model_dir=model_dir),
         {"cpu": 0, "memory": 1})  # a trial only drives its tasks: hold no CPU (Tune needs some resource)
     storage = (Path(results) / "sweeps" / spec.name / "tune").resolve()
-    searcher = None
-    if search == "random":
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        searcher = BasicVariantGenerator(random_state=seed)
     tuner = tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, search_alg=searcher),
+        trainable, param_space={"assignment": tune.grid_search(assignments)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name="trials", storage_path=str(storage), verbose=0),
     )
     grid = tuner.fit()
@@ -288,17 +286,32 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
     for result in grid:
         if result.error is not None:
             raise RuntimeError(f"sweep trial failed: {result.error}")
-        assignment = {p.name: result.config[p.name] for p in params}
+        assignment = result.config["assignment"]
         for acc in json.loads(result.metrics["accuracies"]):
             rows.append({**assignment, "run": result.metrics["run"], **acc})
     rows.sort(key=lambda r: tuple(_sort_key(r[p.name]) for p in params) + (r["defense"], r["threat"]))
     return SweepResult(params=list(params), rows=rows)
 
 
-def _assignments(params: Sequence[SweepParam]) -> list[dict[str, Any]]:
-    import itertools
+def trial_assignments(params: Sequence[SweepParam], search: str = "grid", num_samples: int = 1,
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """The assignments the sweep runs, in grid order: every combination of the values (``grid``), or
+    ``num_samples`` distinct ones (``random``; all of them when the grid is no larger).
 
-    return [dict(zip([p.name for p in params], combo)) for combo in itertools.product(*(p.values for p in params))]
+    ``random`` draws without replacement (a repeated assignment would be a second trial driving the
+    same run) from a shuffle by ``random.Random(seed)``: the same seed picks the same trials, and a
+    larger ``num_samples`` keeps those and adds others, so an extended random sweep re-uses its runs.
+    """
+    import itertools
+    import random
+
+    names = [p.name for p in params]
+    grid = [dict(zip(names, combo)) for combo in itertools.product(*(p.values for p in params))]
+    if search != "random" or num_samples >= len(grid):
+        return grid
+    order = list(range(len(grid)))
+    random.Random(seed).shuffle(order)
+    return [grid[i] for i in sorted(order[:num_samples])]
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:

@@ -74,6 +74,28 @@ def test_trial_runs_of_different_cells_never_share_a_name():
     assert eps["name"] == "sw.threat.eps-8_255.votes-3" and all(map(is_safe_name, [*names, eps["name"]]))
 
 
+def test_random_search_draws_distinct_assignments_reproducibly(tmp_path):
+    """``random`` draws without replacement (a repeated assignment would be a second trial driving the
+    same run): at most ``num_samples`` distinct grid points, the same ones for the same seed, and a
+    larger ``num_samples`` keeps the earlier ones; a sweep whose values give one run twice is refused."""
+    from bench.sweep import trial_assignments
+
+    params = [parse_param("defenses.lp.cutoff=4,8,12,16"), parse_param("votes=1,3")]
+    grid = trial_assignments(params, "grid")
+    assert len(grid) == 8 and grid[0] == {"defenses.lp.cutoff": 4, "votes": 1}
+    draws = {k: trial_assignments(params, "random", k, seed=0) for k in range(1, 10)}
+    for k, picked in draws.items():
+        assert len(picked) == min(k, 8) and all(a in grid for a in picked)
+        assert len({tuple(a.values()) for a in picked}) == len(picked)  # distinct
+        assert [a for a in grid if a in picked] == picked  # in grid order
+        assert all(a in picked for a in draws.get(k - 1, []))  # more samples keep the earlier trials
+    assert draws[3] == trial_assignments(params, "random", 3, seed=0)
+    assert {tuple(trial_assignments(params, "random", 3, seed=s)[0].values()) for s in range(20)} != {tuple(draws[3][0].values())}
+    assert draws[8] == draws[9] == grid
+    with pytest.raises(SweepError, match="both give the trial run 'sw.defenses.lp.cutoff-8'"):
+        run_sweep(_spec(), [parse_param("defenses.lp.cutoff=8,8")], results=tmp_path)
+
+
 def test_trial_accuracies_never_mix_threat_models():
     """A trial with an adaptive attack, an oblivious one and an attack at another eps: one entry per
     threat model, each the worst case over its own attacks only (the leaderboard's rule)."""
@@ -145,6 +167,8 @@ def test_sweep_runs_trials_as_ordinary_runs(tmp_path, ray_cluster, data_dir):
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "| 16 | lp |" in result.table_path.read_text()
     # the same sweep again runs nothing: every trial's tasks are done in the store
     done_before = {r["run"]: store.summary(r["run"]).counts["done"] for r in result.rows}
-    again = run_sweep(spec, params, results=tmp_path, data_dir=str(data_dir))
-    assert [r["clean"] for r in again.rows] == [r["clean"] for r in result.rows]
+    # so does a random search asking for more trials than the grid has: each assignment once, never a
+    # repeated draw (two trials claiming one run, or duplicated table rows)
+    again = run_sweep(spec, params, results=tmp_path, data_dir=str(data_dir), search="random", num_samples=5)
+    assert [(r["run"], r["clean"], r["robust"]) for r in again.rows] == [(r["run"], r["clean"], r["robust"]) for r in result.rows]
     assert {r["run"]: store.summary(r["run"]).counts["done"] for r in again.rows} == done_before

@@ -16,8 +16,9 @@ from bench.cli.common import (BadInput, absolute, address_option, data_dir_optio
               help="A swept field and its values: defenses.<cell>.<param>, attacks.<cell>.<param>, votes, "
                    "threat.eps, ... (repeat for a grid over several).")
 @click.option("--search", type=click.Choice(["grid", "random"]), default="grid", show_default=True,
-              help="Every combination, or --samples random draws.")
-@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Draws of a random search.")
+              help="Every combination, or --samples distinct ones drawn at random.")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Distinct combinations a random search runs (fixed seed; at most the grid).")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Trials at once [default: Tune's].")
 @address_option
 @results_option
