@@ -21,6 +21,10 @@ leaderboard's worst case within one threat model (dataset, classifier, norm, eps
 (image, seed) counts as robust only if it survived every attack of that threat model, averaged over
 images and seeds; oblivious and adaptive attacks, or attacks at different eps, are never mixed.
 
+Before any trial starts, the driver gets the data every trial reads ready, as ``bench submit`` does
+(``bench.api.prepare_data``: fetch what is missing unless offline, read one image, build the
+classifier), and each trial's store records the provenance of that data directory.
+
 Ray Tune drives the trials as actors that use no CPU of their own (``tune.with_resources``: 0 CPUs, 1 byte);
 their tasks take the job's ``resources`` like any run, so Ray's scheduler shares the cluster between
 trials. On a multi-node cluster the results directory must be on a shared file system.
@@ -32,9 +36,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import yaml
+
+if TYPE_CHECKING:
+    from bench.artifacts.catalogue import Catalogue
+    from bench.artifacts.policy import FetchOptions
 
 #: Characters allowed in a trial's run-name suffix (the run name reaches paths and Ray task names).
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -191,7 +199,7 @@ def run_trial(config: dict[str, Any], *, spec_path: str, base: dict[str, Any], p
     job = trial_job(spec, params, config)
     trial_spec = parse_job(job, spec_path)
     tasks = expand_tasks(trial_spec, data_dir=data_dir)
-    store = ResultStore(results)
+    store = ResultStore(results, data_dir=data_dir)  # provenance hashes the files the workers read
     backend = _backend(data_dir, model_dir)
     report = submit(trial_spec.name, trial_spec, tasks, store, backend, progress=False, log=lambda m: None)
     if report.failed:
@@ -235,7 +243,9 @@ class SweepResult:
 
 def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search: str = "grid",
               num_samples: int = 1, max_concurrent: int | None = None, data_dir: str | None = None,
-              model_dir: str | None = None, seed: int = 0) -> SweepResult:
+              model_dir: str | None = None, seed: int = 0, address: str | None = None,
+              options: "FetchOptions | None" = None, catalogue: "Catalogue | None" = None,
+              log: Callable[[str], None] = lambda message: None) -> SweepResult:
     """Run every trial of the sweep through Ray Tune (Ray must be initialised) and collect the table.
 
     Args:
@@ -245,15 +255,23 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
         search: ``grid`` (every combination) or ``random`` (``num_samples`` distinct ones: ``trial_assignments``).
         num_samples: Combinations for ``random`` (default 1; ignored by ``grid``).
         max_concurrent: Trials at once (default None: Tune's choice; each trial's tasks share the cluster).
-        data_dir: Data directory for the workers.
+        data_dir: Data directory for the workers (default: ``$BENCH_DATA_DIR``, else ``~/.cache/bench/data``).
         model_dir: Model directory for the workers.
         seed: Seed of the random search (default 0).
+        address: The Ray address the trials run on (a ``ray://`` client checks no data here: ``bench.api.prepare_data``).
+        options: Fetch policy (default: ``$BENCH_OFFLINE`` / ``$BENCH_MIRROR``).
+        catalogue: The artifact catalogue (default ``bench.artifacts.default_catalogue()``).
+        log: Where notes of the data preparation go (default: nowhere).
 
     Raises:
         SweepError: a parameter does not name a field of the job, or a trial's job is invalid.
         RuntimeError: a trial failed.
+        FileNotFoundError, bench.artifacts.download.DownloadError: the data is missing offline, or its
+            download failed (before any trial starts).
     """
     from ray import tune
+
+    from bench.api import absolute_path
 
     if search not in SEARCHES:
         raise SweepError(f"search {search!r} is not one of {SEARCHES}")
@@ -264,13 +282,16 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
     from bench.spec import parse_job
 
     assignments = trial_assignments(params, search, num_samples, seed)
-    runs: dict[str, dict[str, Any]] = {}
+    trials: dict[str, tuple[dict[str, Any], Any]] = {}
     for values in assignments:  # a bad path or value fails here, before any trial starts
-        name = parse_job(trial_job(spec, params, values), spec.path).name
-        if name in runs:  # two trials driving one run: a store claim conflict or duplicated table rows
-            raise SweepError(f"--param values {runs[name]} and {values} both give the trial run {name!r}; "
-                             "give each value once")
-        runs[name] = values
+        trial = parse_job(trial_job(spec, params, values), spec.path)
+        if trial.name in trials:  # two trials driving one run: a store claim conflict or duplicated table rows
+            raise SweepError(f"--param values {trials[trial.name][0]} and {values} both give the trial run "
+                             f"{trial.name!r}; give each value once")
+        trials[trial.name] = (values, trial)
+    data_dir, model_dir = absolute_path(data_dir), absolute_path(model_dir)  # trials run in other processes
+    prepare_trials([trial for _, trial in trials.values()], data_dir=data_dir, model_dir=model_dir,
+                   address=address, options=options, catalogue=catalogue, log=log)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_path=spec.path, base=raw_job(spec), params=list(params),
                              results=str(results), data_dir=data_dir, model_dir=model_dir),
@@ -291,6 +312,26 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
             rows.append({**assignment, "run": result.metrics["run"], **acc})
     rows.sort(key=lambda r: tuple(_sort_key(r[p.name]) for p in params) + (r["defense"], r["threat"]))
     return SweepResult(params=list(params), rows=rows)
+
+
+def prepare_trials(trials: Sequence[Any], *, data_dir: str | None, model_dir: str | None, address: str | None,
+                   options: "FetchOptions | None", catalogue: "Catalogue | None", log: Callable[[str], None]) -> None:
+    """Get the data of the trial jobs ready on this process (``bench.api.prepare_data``, what ``bench
+    submit`` does), once per distinct dataset and classifier: the only parts of a job it reads."""
+    from bench.api import prepare_data
+    from bench.artifacts.policy import FetchOptions
+    from bench.tasks import canonical_json, expand_tasks
+
+    options = options or FetchOptions.resolve(False, None, False)
+    done: set[str] = set()
+    with options.environment():  # dataset and classifier plugins in this process follow the policy too
+        for trial in trials:
+            tasks = expand_tasks(trial, data_dir=data_dir)
+            key = canonical_json({"datasets": sorted({canonical_json(t.payload["dataset"]) for t in tasks}),
+                                  "classifier": trial.classifier.config()})
+            if key not in done:
+                done.add(key)
+                prepare_data(trial, tasks, data_dir, model_dir, address, options, catalogue, log)
 
 
 def trial_assignments(params: Sequence[SweepParam], search: str = "grid", num_samples: int = 1,

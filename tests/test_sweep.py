@@ -149,6 +149,31 @@ def test_trial_runs_are_derived_and_never_the_latest_run(tmp_path):
     assert board.exit_code == 0 and board.output.startswith("### sw:"), board.output
 
 
+def test_trials_record_the_provenance_of_their_data_directory(tmp_path, data_dir):
+    """A trial's store hashes the data the workers read (the sweep's data directory), not the default one."""
+    from bench.sweep import raw_job, run_trial
+
+    ours = tmp_path / "data"  # the shared files under another name: only the data directory differs
+    ours.mkdir()
+    (ours / "cifar10_test.npz").symlink_to(data_dir / "cifar10_test.npz")
+    (ours / "weights").symlink_to(data_dir / "weights", target_is_directory=True)
+    spec, params = _spec(), [parse_param("defenses.lp.cutoff=8")]
+    metrics = run_trial({"defenses.lp.cutoff": 8}, spec_path=spec.path, base=raw_job(spec), params=params,
+                        results=str(tmp_path / "results"), data_dir=str(ours), model_dir=None)
+    (data,) = ResultStore(tmp_path / "results").versions(metrics["run"])[-1].provenance["data"]
+    assert data["path"] == str(ours / "cifar10_test.npz") and len(data["sha256"]) == 64
+
+
+def test_sweep_prepares_the_data_before_any_trial(tmp_path, ray_cluster):
+    """Missing data fails the sweep in the driver, naming the file, before any trial runs a task (the
+    tests run offline: ``bench submit``'s preparation lists what is missing instead of fetching it)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="cifar10_test.npz"):
+        run_sweep(_spec(), [parse_param("defenses.lp.cutoff=4,8")], results=tmp_path / "results", data_dir=str(empty))
+    assert not (tmp_path / "results" / "runs").exists() and not (tmp_path / "results" / "sweeps").exists()
+
+
 @pytest.mark.slow
 def test_sweep_runs_trials_as_ordinary_runs(tmp_path, ray_cluster, data_dir):
     spec = _spec()

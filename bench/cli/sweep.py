@@ -8,6 +8,7 @@ import click
 
 from bench.cli.common import (BadInput, absolute, address_option, data_dir_option, main, model_dir_option,
                               num_cpus_option, results_option, translate_errors)
+from bench.cli.data import fetch_context, fetch_options, mirror_option, offline_option, translate_fetch_errors
 
 
 @main.command("sweep")
@@ -25,12 +26,18 @@ from bench.cli.common import (BadInput, absolute, address_option, data_dir_optio
 @data_dir_option
 @model_dir_option
 @num_cpus_option
+@offline_option
+@mirror_option
 @translate_errors
+@translate_fetch_errors
 def sweep_cmd(job: str, params: tuple[str, ...], search: str, samples: int, max_concurrent: int | None,
               address: str | None, results: Path, data_dir: str | None, model_dir: str | None,
-              num_cpus: int | None) -> None:
+              num_cpus: int | None, offline: bool, mirror: str | None) -> None:
     """Run JOB once per value of the swept parameters (Ray Tune trials of ordinary tasks) and write a
-    table and a plot of clean and robust accuracy under RESULTS/sweeps/<job>/."""
+    table and a plot of clean and robust accuracy under RESULTS/sweeps/<job>/.
+
+    Before any trial starts, this process fetches the public data the trials read when it is missing
+    (not with --offline) and checks it, as `bench submit` does."""
     from bench.scheduler import init_ray, shutdown_ray
     from bench.spec import load_job
     from bench.sweep import SweepError, parse_param, run_sweep, save
@@ -42,13 +49,17 @@ def sweep_cmd(job: str, params: tuple[str, ...], search: str, samples: int, max_
         spec = load_job(job)
         results = results.resolve()
         data_dir, model_dir = absolute(data_dir), absolute(model_dir)
-        init_ray(address, num_cpus=num_cpus, dashboard=False, job_metadata={"bench_sweep": spec.name},
-                 log=lambda m: click.echo(m, err=True))
-        try:
-            result = run_sweep(spec, swept, results=results, search=search, num_samples=samples,
-                               max_concurrent=max_concurrent, data_dir=data_dir, model_dir=model_dir)
-        finally:
-            shutdown_ray()
+        options = fetch_options(offline, mirror, progress=True)
+        with options.environment():  # local workers inherit the download policy
+            init_ray(address, num_cpus=num_cpus, dashboard=False, job_metadata={"bench_sweep": spec.name},
+                     log=lambda m: click.echo(m, err=True))
+            try:
+                result = run_sweep(spec, swept, results=results, search=search, num_samples=samples,
+                                   max_concurrent=max_concurrent, data_dir=data_dir, model_dir=model_dir,
+                                   address=address, options=options, catalogue=fetch_context().catalogue,
+                                   log=lambda m: click.echo(m, err=True))
+            finally:
+                shutdown_ray()
     except SweepError as exc:
         raise BadInput(str(exc)) from exc
     save(result, results, spec.name)
