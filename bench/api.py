@@ -100,7 +100,7 @@ def submit(job: str | os.PathLike, *, results: str | Path = "results", address: 
     tasks = expand_tasks(spec, data_dir=data_dir)
     options = options or FetchOptions.resolve(offline, mirror, progress)
     with options.environment():  # local workers inherit the download policy
-        _prepare_data(spec, tasks, data_dir, model_dir, address, options, catalogue, log)
+        prepare_data(spec, tasks, data_dir, model_dir, address, options, catalogue, log)
         store = ResultStore(results, readonly=False, data_dir=data_dir, log=log)
         return run_tasks(
             spec.name, spec, tasks, store,
@@ -115,8 +115,8 @@ def absolute_path(path: str | os.PathLike | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def _prepare_data(spec: "JobSpec", tasks: "list[Task]", data_dir: str | None, model_dir: str | None,
-                  address: str | None, options: "FetchOptions", catalogue: "Catalogue | None", log: Log) -> None:
+def prepare_data(spec: "JobSpec", tasks: "list[Task]", data_dir: str | None, model_dir: str | None,
+                 address: str | None, options: "FetchOptions", catalogue: "Catalogue | None", log: Log) -> None:
     """Get the job's data ready before anything starts, or fail (exit code 2) naming what is missing.
 
     On this process, never in a Ray worker (so many nodes do not download the same files): fetch the

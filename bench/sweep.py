@@ -3,20 +3,27 @@
 A sweep takes a job and one or more parameters with their values, e.g.
 ``defenses.lp.cutoff=4,8,12,16,20`` (a defense or attack is addressed by its cell name; other fields by
 their dotted path: ``votes``, ``threat.eps``). Each Ray Tune trial is one assignment of values: the job
-with those values is an ordinary job (its run is named ``<job>.<assignment>`` and is derived from
-``<job>``: ``derived_from``, so it is never "the latest run"), expanded into
+with those values is an ordinary job (its run is named ``<job>.<path>-<value>``, e.g.
+``sweep.defenses.lp.cutoff-8``, and is derived from ``<job>``: ``derived_from``, so it is never "the
+latest run"), expanded into
 ordinary tasks and run through ``bench.scheduler.submit`` into the same results directory as any
 run — so a repeated or extended sweep resumes and re-uses every finished task, and ``bench status`` /
 ``bench leaderboard`` work on every trial. When every parameter addresses a defense, the trial jobs
-keep only those defenses (the other cells would not change with the parameter).
+keep only those defenses (the other cells would not change with the parameter), and attack
+``defenses:`` filters keep only those cells (an attack restricted to other cells is left out).
 
-Search: ``grid`` (every combination, ``tune.grid_search``) or ``random`` (``num_samples`` draws,
-``tune.choice``). Each trial reports its accuracies to Tune; the driver then writes a Markdown table
+Search: ``grid`` (every combination) or ``random`` (``num_samples`` distinct combinations drawn without
+replacement by a seeded RNG, so a re-run picks the same trials and a larger ``num_samples`` keeps them);
+either way Tune gets the list as a ``tune.grid_search``, so no two trials share a run. Each trial reports its accuracies to Tune; the driver then writes a Markdown table
 and a PNG plot of clean and robust accuracy against the (first) parameter under
 ``<results>/sweeps/<job>/``, one row per trial, defense and threat model. Robust accuracy is the
 leaderboard's worst case within one threat model (dataset, classifier, norm, eps, setting): an
 (image, seed) counts as robust only if it survived every attack of that threat model, averaged over
 images and seeds; oblivious and adaptive attacks, or attacks at different eps, are never mixed.
+
+Before any trial starts, the driver gets the data every trial reads ready, as ``bench submit`` does
+(``bench.api.prepare_data``: fetch what is missing unless offline, read one image, build the
+classifier), and each trial's store records the provenance of that data directory.
 
 Ray Tune drives the trials as actors that use no CPU of their own (``tune.with_resources``: 0 CPUs, 1 byte);
 their tasks take the job's ``resources`` like any run, so Ray's scheduler shares the cluster between
@@ -29,9 +36,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import yaml
+
+if TYPE_CHECKING:
+    from bench.artifacts.catalogue import Catalogue
+    from bench.artifacts.policy import FetchOptions
 
 #: Characters allowed in a trial's run-name suffix (the run name reaches paths and Ray task names).
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -107,8 +118,12 @@ def _set(job: dict[str, Any], spec: Any, param: SweepParam, value: Any) -> None:
 
 
 def trial_name(base: str, assignment: dict[str, Any]) -> str:
-    """``<job>.<last path segment>-<value>...``, e.g. ``sweep.cutoff-8`` (safe for paths and Ray)."""
-    parts = [f"{name.split('.')[-1]}-{value}" for name, value in assignment.items()]
+    """``<job>.<path>-<value>...``, e.g. ``sweep.defenses.lp.cutoff-8`` (safe for paths and Ray).
+
+    The whole path, as given to ``--param``: a run name stands for one job, so sweeps of ``lp.cutoff``
+    and ``lp2.cutoff`` (or of a defense and an attack cell of the same name) must not share a run.
+    """
+    parts = [f"{name}-{value}" for name, value in assignment.items()]
     return f"{base}." + _UNSAFE.sub("_", ".".join(parts))
 
 
@@ -123,7 +138,22 @@ def trial_job(spec: Any, params: Sequence[SweepParam], assignment: dict[str, Any
     swept = {p.path[1] for p in params if p.path[0] == "defenses"}
     if swept and all(p.path[0] == "defenses" for p in params):
         job["defenses"] = [e for e, name in zip(job["defenses"], _cell_names(spec, "defenses")) if name in swept]
+        job["attacks"] = _attacks_on(job["attacks"], swept)
     return job
+
+
+def _attacks_on(attacks: list[Any], kept: set[str]) -> list[Any]:
+    """The attack entries with their ``defenses:`` filters reduced to the ``kept`` defense cells; an
+    entry whose filter names none of them is dropped (it would attack nothing in the trial)."""
+    out = []
+    for entry in attacks:
+        if isinstance(entry, dict) and entry.get("defenses") is not None:
+            targets = [name for name in entry["defenses"] if name in kept]
+            if not targets:
+                continue
+            entry = {**entry, "defenses": targets}
+        out.append(entry)
+    return out
 
 
 # -- one trial ---------------------------------------------------------------------------------------
@@ -169,7 +199,7 @@ def run_trial(config: dict[str, Any], *, spec_path: str, base: dict[str, Any], p
     job = trial_job(spec, params, config)
     trial_spec = parse_job(job, spec_path)
     tasks = expand_tasks(trial_spec, data_dir=data_dir)
-    store = ResultStore(results)
+    store = ResultStore(results, data_dir=data_dir)  # provenance hashes the files the workers read
     backend = _backend(data_dir, model_dir)
     report = submit(trial_spec.name, trial_spec, tasks, store, backend, progress=False, log=lambda m: None)
     if report.failed:
@@ -194,7 +224,7 @@ def _trainable(config: dict[str, Any], **kwargs: Any) -> None:
     """Ray Tune function trainable: one trial, its metrics reported to Tune once, at the end."""
     from ray import tune
 
-    metrics = run_trial(config, **kwargs)
+    metrics = run_trial(config["assignment"], **kwargs)
     first = metrics["accuracies"][0] if metrics["accuracies"] else {"clean": float("nan"), "robust": float("nan")}
     tune.report({"clean": first["clean"], "robust": first["robust"], "run": metrics["run"],
                  "accuracies": json.dumps(metrics["accuracies"]), "tasks": metrics["tasks"], "ran": metrics["ran"]})
@@ -213,53 +243,63 @@ class SweepResult:
 
 def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search: str = "grid",
               num_samples: int = 1, max_concurrent: int | None = None, data_dir: str | None = None,
-              model_dir: str | None = None, seed: int = 0) -> SweepResult:
+              model_dir: str | None = None, seed: int = 0, address: str | None = None,
+              options: "FetchOptions | None" = None, catalogue: "Catalogue | None" = None,
+              log: Callable[[str], None] = lambda message: None) -> SweepResult:
     """Run every trial of the sweep through Ray Tune (Ray must be initialised) and collect the table.
 
     Args:
         spec: The base job.
         params: The swept fields (at least one).
         results: The results directory (absolute: trials run in other processes).
-        search: ``grid`` (every combination) or ``random`` (``num_samples`` draws).
-        num_samples: Draws for ``random`` (default 1; ignored by ``grid``).
+        search: ``grid`` (every combination) or ``random`` (``num_samples`` distinct ones: ``trial_assignments``).
+        num_samples: Combinations for ``random`` (default 1; ignored by ``grid``).
         max_concurrent: Trials at once (default None: Tune's choice; each trial's tasks share the cluster).
-        data_dir: Data directory for the workers.
+        data_dir: Data directory for the workers (default: ``$BENCH_DATA_DIR``, else ``~/.cache/bench/data``).
         model_dir: Model directory for the workers.
         seed: Seed of the random search (default 0).
+        address: The Ray address the trials run on (a ``ray://`` client checks no data here: ``bench.api.prepare_data``).
+        options: Fetch policy (default: ``$BENCH_OFFLINE`` / ``$BENCH_MIRROR``).
+        catalogue: The artifact catalogue (default ``bench.artifacts.default_catalogue()``).
+        log: Where notes of the data preparation go (default: nowhere).
 
     Raises:
         SweepError: a parameter does not name a field of the job, or a trial's job is invalid.
         RuntimeError: a trial failed.
+        FileNotFoundError, bench.artifacts.download.DownloadError: the data is missing offline, or its
+            download failed (before any trial starts).
     """
     from ray import tune
+
+    from bench.api import absolute_path
 
     if search not in SEARCHES:
         raise SweepError(f"search {search!r} is not one of {SEARCHES}")
     if not params:
         raise SweepError("give at least one --param PATH=V1,V2,...")
+    if num_samples < 1:
+        raise SweepError(f"num_samples must be at least 1, got {num_samples}")
     from bench.spec import parse_job
 
-    for values in _assignments(params):  # a bad path or value fails here, before any trial starts
-        parse_job(trial_job(spec, params, values), spec.path)
-    if search == "grid":
-        space = {p.name: tune.grid_search(list(p.values)) for p in params}
-        samples = 1
-    else:
-        space = {p.name: tune.choice(list(p.values)) for p in params}
-        samples = num_samples
+    assignments = trial_assignments(params, search, num_samples, seed)
+    trials: dict[str, tuple[dict[str, Any], Any]] = {}
+    for values in assignments:  # a bad path or value fails here, before any trial starts
+        trial = parse_job(trial_job(spec, params, values), spec.path)
+        if trial.name in trials:  # two trials driving one run: a store claim conflict or duplicated table rows
+            raise SweepError(f"--param values {trials[trial.name][0]} and {values} both give the trial run "
+                             f"{trial.name!r}; give each value once")
+        trials[trial.name] = (values, trial)
+    data_dir, model_dir = absolute_path(data_dir), absolute_path(model_dir)  # trials run in other processes
+    prepare_trials([trial for _, trial in trials.values()], data_dir=data_dir, model_dir=model_dir,
+                   address=address, options=options, catalogue=catalogue, log=log)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_path=spec.path, base=raw_job(spec), params=list(params),
                              results=str(results), data_dir=data_dir, model_dir=model_dir),
         {"cpu": 0, "memory": 1})  # a trial only drives its tasks: hold no CPU (Tune needs some resource)
     storage = (Path(results) / "sweeps" / spec.name / "tune").resolve()
-    searcher = None
-    if search == "random":
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        searcher = BasicVariantGenerator(random_state=seed)
     tuner = tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, search_alg=searcher),
+        trainable, param_space={"assignment": tune.grid_search(assignments)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name="trials", storage_path=str(storage), verbose=0),
     )
     grid = tuner.fit()
@@ -267,17 +307,52 @@ def run_sweep(spec: Any, params: Sequence[SweepParam], *, results: Path, search:
     for result in grid:
         if result.error is not None:
             raise RuntimeError(f"sweep trial failed: {result.error}")
-        assignment = {p.name: result.config[p.name] for p in params}
+        assignment = result.config["assignment"]
         for acc in json.loads(result.metrics["accuracies"]):
             rows.append({**assignment, "run": result.metrics["run"], **acc})
     rows.sort(key=lambda r: tuple(_sort_key(r[p.name]) for p in params) + (r["defense"], r["threat"]))
     return SweepResult(params=list(params), rows=rows)
 
 
-def _assignments(params: Sequence[SweepParam]) -> list[dict[str, Any]]:
-    import itertools
+def prepare_trials(trials: Sequence[Any], *, data_dir: str | None, model_dir: str | None, address: str | None,
+                   options: "FetchOptions | None", catalogue: "Catalogue | None", log: Callable[[str], None]) -> None:
+    """Get the data of the trial jobs ready on this process (``bench.api.prepare_data``, what ``bench
+    submit`` does), once per distinct dataset and classifier: the only parts of a job it reads."""
+    from bench.api import prepare_data
+    from bench.artifacts.policy import FetchOptions
+    from bench.tasks import canonical_json, expand_tasks
 
-    return [dict(zip([p.name for p in params], combo)) for combo in itertools.product(*(p.values for p in params))]
+    options = options or FetchOptions.resolve(False, None, False)
+    done: set[str] = set()
+    with options.environment():  # dataset and classifier plugins in this process follow the policy too
+        for trial in trials:
+            tasks = expand_tasks(trial, data_dir=data_dir)
+            key = canonical_json({"datasets": sorted({canonical_json(t.payload["dataset"]) for t in tasks}),
+                                  "classifier": trial.classifier.config()})
+            if key not in done:
+                done.add(key)
+                prepare_data(trial, tasks, data_dir, model_dir, address, options, catalogue, log)
+
+
+def trial_assignments(params: Sequence[SweepParam], search: str = "grid", num_samples: int = 1,
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """The assignments the sweep runs, in grid order: every combination of the values (``grid``), or
+    ``num_samples`` distinct ones (``random``; all of them when the grid is no larger).
+
+    ``random`` draws without replacement (a repeated assignment would be a second trial driving the
+    same run) from a shuffle by ``random.Random(seed)``: the same seed picks the same trials, and a
+    larger ``num_samples`` keeps those and adds others, so an extended random sweep re-uses its runs.
+    """
+    import itertools
+    import random
+
+    names = [p.name for p in params]
+    grid = [dict(zip(names, combo)) for combo in itertools.product(*(p.values for p in params))]
+    if search != "random" or num_samples >= len(grid):
+        return grid
+    order = list(range(len(grid)))
+    random.Random(seed).shuffle(order)
+    return [grid[i] for i in sorted(order[:num_samples])]
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
