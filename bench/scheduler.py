@@ -123,24 +123,29 @@ class Started:
 
 
 # -- resources ----------------------------------------------------------------------------------
-def fit_resources(tasks: Sequence[Task], max_gpus: float, max_cpus: float, where: str) -> tuple[list[Task], list[str]]:
-    """Check each task's resources against the largest node; fall back or fail before submitting.
+def fit_resources(tasks: Sequence[Task], nodes: Sequence[tuple[float, float]], where: str) -> tuple[list[Task], list[str]]:
+    """Check each task's resources against the nodes; fall back or fail before submitting.
+
+    A task runs only where one node has both its GPUs and its CPUs (Ray never splits a task over
+    nodes, and waits forever for an infeasible one), so the checks are per node, not against the
+    largest GPU count and the largest CPU count of possibly different nodes.
 
     Args:
         tasks: The tasks.
-        max_gpus: GPUs of the largest node (0 on a CPU-only cluster).
-        max_cpus: CPUs of the largest node.
+        nodes: ``(gpus, cpus)`` of each live node.
         where: Describes the cluster in messages.
 
     Returns:
         The tasks, with GPU requests removed where the job allows the CPU fallback and CPU requests
-        lowered to what a node has (a task asking for more would wait forever), and notes saying so.
+        lowered to what the largest node with enough GPUs has (a task asking for more would wait
+        forever), and notes saying so.
 
     Raises:
         SchedulerError: a task asks for more GPUs than any node has and ``gpu_fallback`` is ``error``,
             or the fallback would run an ``fp16`` task on a CPU (``bench.device.check_precision``
             refuses it there: every task would fail in its worker after the grid was queued).
     """
+    max_gpus = max((g for g, _ in nodes), default=0.0)
     out, notes = [], set()
     for task in tasks:
         res = task.resources
@@ -160,9 +165,11 @@ def fit_resources(tasks: Sequence[Task], max_gpus: float, max_cpus: float, where
                 )
             notes.add(f"{where} has no node with {res.gpus:g} GPU(s): running on CPU (gpu_fallback: cpu)")
             res = dataclasses.replace(res, gpus=0.0)
-        if res.cpus > max_cpus:
-            notes.add(f"tasks ask for {res.cpus:g} CPUs but {where} has {max_cpus:g} per node: using {max_cpus:g}")
-            res = dataclasses.replace(res, cpus=float(max_cpus))
+        cpus = max(c for g, c in nodes if g >= res.gpus)  # some node has the GPUs (checked above)
+        if res.cpus > cpus:
+            notes.add(f"tasks ask for {res.cpus:g} CPUs but the largest node of {where} with {res.gpus:g} GPU(s) "
+                      f"has {cpus:g}: using {cpus:g}")
+            res = dataclasses.replace(res, cpus=float(cpus))
         out.append(task if res == task.resources else dataclasses.replace(task, resources=res))
     return out, sorted(notes)
 
@@ -186,8 +193,8 @@ class SerialBackend:
     def prepare(self, tasks: Sequence[Task]) -> tuple[list[Task], list[str]]:
         import torch
 
-        gpus = float(torch.cuda.device_count())
-        return fit_resources(tasks, gpus, float(os.cpu_count() or 1), "this machine")
+        node = (float(torch.cuda.device_count()), float(os.cpu_count() or 1))
+        return fit_resources(tasks, [node], "this machine")
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[Task], None] | None = None) -> Iterator[tuple[Task, Outcome]]:
         for task in tasks:
@@ -261,9 +268,8 @@ class RayBackend:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if not nodes:
             raise SchedulerError("the Ray cluster has no live node")
-        max_gpus = max(float(n["Resources"].get("GPU", 0.0)) for n in nodes)
-        max_cpus = max(float(n["Resources"].get("CPU", 0.0)) for n in nodes)
-        return fit_resources(tasks, max_gpus, max_cpus, "the Ray cluster")
+        capacities = [(float(n["Resources"].get("GPU", 0.0)), float(n["Resources"].get("CPU", 0.0))) for n in nodes]
+        return fit_resources(tasks, capacities, "the Ray cluster")
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[Task], None] | None = None) -> Iterator[tuple[Task, Outcome]]:
         """The outcomes one by one in completion order; ``on_start`` is called per task a worker begins."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench import scheduler
@@ -81,20 +83,33 @@ def test_gpu_request_on_a_cpu_cluster_fails_fast_or_falls_back(tmp_path, ray_clu
 def test_fit_resources_lowers_cpus_and_keeps_ids():
     tasks = make_tasks(n=2)
     big = [t.__class__(**{**t.__dict__, "resources": t.resources.__class__(cpus=8.0)}) for t in tasks]
-    fitted, notes = fit_resources(big, max_gpus=0.0, max_cpus=2.0, where="test cluster")
+    fitted, notes = fit_resources(big, [(0.0, 2.0)], where="test cluster")
     assert [t.resources.cpus for t in fitted] == [2.0, 2.0]
     assert [t.task_id for t in fitted] == [t.task_id for t in tasks] and len(notes) == 1
+
+
+def test_fit_resources_checks_gpus_and_cpus_on_the_same_node():
+    """A 16-CPU head without GPUs and a 4-CPU worker with a GPU: a task asking for 8 CPUs and 1 GPU fits
+    no node; it is lowered to the 4 CPUs of the GPU node instead of being queued to wait forever."""
+    tasks = make_tasks(n=1, gpus=1.0)
+    big = [dataclasses.replace(t, resources=dataclasses.replace(t.resources, cpus=8.0)) for t in tasks]
+    fitted, notes = fit_resources(big, [(0.0, 16.0), (1.0, 4.0)], where="test cluster")
+    assert [(t.resources.gpus, t.resources.cpus) for t in fitted] == [(1.0, 4.0)]
+    assert "with 1 GPU(s) has 4: using 4" in notes[0]
+    cpu_only = [dataclasses.replace(t, resources=dataclasses.replace(t.resources, gpus=0.0)) for t in big]
+    fitted, notes = fit_resources(cpu_only, [(0.0, 16.0), (1.0, 4.0)], where="test cluster")
+    assert [t.resources.cpus for t in fitted] == [8.0] and not notes  # the head has the CPUs
 
 
 def test_fp16_cannot_fall_back_to_cpu():
     """gpu_fallback: cpu would run fp16 tasks on CPUs, where the worker refuses fp16: fail before submitting."""
     tasks = make_tasks(n=2, gpus=1.0, gpu_fallback="cpu", precision="fp16")
     with pytest.raises(SchedulerError, match=r"fp16.*gpu_fallback: cpu.*bf16"):
-        fit_resources(tasks, max_gpus=0.0, max_cpus=2.0, where="the Ray cluster")
-    fitted, _ = fit_resources(tasks, max_gpus=1.0, max_cpus=2.0, where="the Ray cluster")  # a GPU: fine
+        fit_resources(tasks, [(0.0, 2.0)], where="the Ray cluster")
+    fitted, _ = fit_resources(tasks, [(1.0, 2.0)], where="the Ray cluster")  # a GPU: fine
     assert [t.resources.gpus for t in fitted] == [1.0, 1.0]
     bf16 = make_tasks(n=2, gpus=1.0, gpu_fallback="cpu", precision="bf16")
-    fitted, notes = fit_resources(bf16, max_gpus=0.0, max_cpus=2.0, where="the Ray cluster")
+    fitted, notes = fit_resources(bf16, [(0.0, 2.0)], where="the Ray cluster")
     assert [t.resources.gpus for t in fitted] == [0.0, 0.0] and "running on CPU" in notes[0]
 
 
