@@ -192,7 +192,12 @@ class EOTGradientAttack(Attack):
         with eval_mode(model):
             x, draws = x.detach(), self.draws_for(model)
             x_adv = self.start(x, generator)
+            if checks_on_the_way and self.random_start:  # the random start is an iterate like the others
+                keep = book.check(x_adv, at=0)
+                x_adv, x, y = x_adv[keep], x[keep], y[keep]
             for t in range(1, self.steps + 1):
+                if book.done:
+                    break
                 grad, logits = eot_gradient(model, x_adv, y, draws, copies_per_forward(len(y), draws, self.eot_chunk),
                                             self.eot_average)
                 if exact:  # these logits are the defense's exact decision on iterate t - 1
@@ -204,6 +209,4 @@ class EOTGradientAttack(Attack):
                     keep = book.check(x_adv, at=t)
                     if not bool(keep.all()):
                         x_adv, x, y = x_adv[keep], x[keep], y[keep]
-                if book.done:
-                    break
         return book

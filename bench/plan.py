@@ -18,7 +18,8 @@ success rules of README "Success rules"):
   model). ``J = 1`` under ``final`` (the last iterate is judged; no early exit: exact) and when the
   model's forward decides (a deterministic defense in ``full``/``bpda``: the step's logits decide,
   the judge confirms a break once, a broken image stops early); ``J = ceil(steps / check_every)``
-  under ``any`` / ``any:N`` elsewhere (every N-th iterate and the last one of each still-unbroken image).
+  (+ 1 with ``random_start``: the start is judged too) under ``any`` / ``any:N`` elsewhere (every N-th
+  iterate and the last one of each still-unbroken image).
 - AutoAttack on a stochastic model (rule ``best-loss``): per APGD component and restart (APGD-T: per
   target class and restart) one ``attack_single_run`` of ``(n_iter + 1) x eot_iter`` gradients (APGD-T:
   plus the forward that picks the target) and at most two judgements: its best-loss point, then, for
@@ -103,8 +104,9 @@ def _eot_passes(attack: Any, model: Any) -> AttackPasses:
     gradient = float(attack.steps * attack.draws_for(model))
     if forward_decides(model):  # the step's logits decide; the judge confirms a break once
         return AttackPasses(gradient, 0.0, 1.0, exact=False)
-    if attack.success_rule(model).startswith("any"):  # every check_every-th iterate and the last
-        return AttackPasses(gradient, 0.0, float(math.ceil(attack.steps / attack.check_every)), exact=False)
+    if attack.success_rule(model).startswith("any"):  # every check_every-th iterate and the last (and a random start)
+        checked = math.ceil(attack.steps / attack.check_every) + int(attack.random_start)
+        return AttackPasses(gradient, 0.0, float(checked), exact=False)
     return AttackPasses(gradient, 0.0, 1.0)  # final: every step, one judgement, no early exit
 
 

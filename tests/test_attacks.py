@@ -266,6 +266,18 @@ def test_any_rule_judges_checked_iterates_and_stops_attacking_decided_samples(re
     assert (out.x_adv - x).abs().max() <= 4 / 255 + 1e-6
 
 
+def test_any_rule_judges_the_random_start(resnet20, images):
+    """With random_start the start point is an iterate: under success any it is judged (at 0) before
+    the first step, and a sample it breaks keeps it and is not attacked further."""
+    x, y = images[0][:12], images[1][:12]
+    judge = RecordingJudge(_judge_model(resnet20, sigma=0.04))
+    attack = PGDEOT(eps=8 / 255, steps=2, step_size=2 / 255, eot=2, random_start=True, success="any")
+    out = attack.run(defended(resnet20, "noisy", sigma=0.04), x, y, gen(), judge)
+    assert judge.sizes[0] == 12 and len(judge.sizes) == 3  # the start, then iterates 1 and 2
+    assert all(out.broken_at[i] in (0, 1, 2) for i in (out.pred != y).nonzero().flatten().tolist())
+    assert (out.x_adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
 def test_final_rule_judges_once_and_perturb_never_judges(resnet20, images):
     x, y = images[0][:6], images[1][:6]
     judge = RecordingJudge(_judge_model(resnet20, sigma=0.04))
