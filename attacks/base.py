@@ -52,7 +52,9 @@ Judge = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 @dataclass(frozen=True)
 class AttackBudget:
-    """What an attack spends and how it decides success; written into every row (``bench.schema``).
+    """What an attack spends and how it decides success. Steps, EOT and restarts are written into every
+    row (``bench.schema``); the row's success rule is ``Attack.success_rule(model)``, which resolves
+    ``success`` for the model attacked (oblivious: ``final``; AutoAttack on a stochastic model: ``best-loss``).
 
     Attributes:
         steps: Iterations per run (per component for AutoAttack).
