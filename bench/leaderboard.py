@@ -310,7 +310,10 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
     cells = dict(iter(described.groupby(_KEY, sort=False, dropna=False, observed=True)))
     papers = {d: _paper(t, c) for d, t, c in rows[["defense", "defense_type", "defense_config"]]
               .drop_duplicates("defense").itertuples(index=False)}
-    runs_of = rows.groupby("defense", observed=True)["run"].unique()
+    # the runs behind each worst case: those of its own (threat model, defense) cells, not of the defense's
+    # other threat models (an eps ladder across runs keeps one defense name)
+    runs_of = {(_tm_key(key[:-1]), key[-1]): ",".join(map(str, pd.unique(grp["run"])))
+               for key, grp in described.groupby([*THREAT_MODEL, "defense"], sort=False, dropna=False, observed=True)}
     # the reference's cells, by (threat model, attack identity): what each row is paired with
     ref_cells = {(_tm_key(key[: len(THREAT_MODEL)]), _attack_identity(cells.get(key))): key
                  for key in by_cell if reference is not None and key[len(THREAT_MODEL)] == reference}
@@ -321,7 +324,7 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
         cell = cells.get(key)
         row = dict(zip(_KEY, key))
         row |= _budget(cell) if cell is not None else {
-            **{c: None for c in BUDGET_COLUMNS}, "runs": ",".join(map(str, runs_of[defense]))}
+            **{c: None for c in BUDGET_COLUMNS}, "runs": runs_of[(_tm_key(tm), defense)]}
         row |= _summary(grp)
         p, test = math.nan, ""
         ref_key = ref_cells.get((_tm_key(tm), _attack_identity(cell)))

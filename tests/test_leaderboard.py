@@ -215,3 +215,14 @@ def test_categorical_text_columns_give_the_same_table(case):
     pd.testing.assert_frame_equal(plain, fast)
     if case == "two runs":
         assert {"none [b]", "none [run]"} <= set(fast.defense)
+
+
+def test_worst_case_runs_are_the_runs_of_its_own_threat_model():
+    """An eps ladder across runs: each worst case names only the run that produced its rows."""
+    a = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0], run="a", eps=8 / 255))
+    b = frame(cell_rows("lp", "pgd", 0, [1, 0, 0, 0], run="b", eps=4 / 255))
+    table = leaderboard(pd.concat([a, b], ignore_index=True))
+    assert set(table.defense) == {"lp"}
+    for eps, run in ((8 / 255, "a"), (4 / 255, "b")):
+        assert _row(table, "lp", "pgd", eps=eps).runs == run
+        assert _row(table, "lp", WORST_CASE, eps=eps).runs == run
