@@ -226,3 +226,20 @@ def test_worst_case_runs_are_the_runs_of_its_own_threat_model():
     for eps, run in ((8 / 255, "a"), (4 / 255, "b")):
         assert _row(table, "lp", "pgd", eps=eps).runs == run
         assert _row(table, "lp", WORST_CASE, eps=eps).runs == run
+
+
+def test_votes_travel_with_every_row_and_differing_votes_are_different_cells():
+    """Robust accuracy is a K-vote decision: K is a column of every row (worst case and clean too), and
+    the same defense name run with K=1 in one run and K=16 in another is never one eps ladder."""
+    rows = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0], votes=5), cell_rows("lp", "bpda", 0, [1, 0, 1, 0], votes=5),
+                 cell_rows("lp", "clean", 0, [1, 1, 1, 0], setting="clean", votes=5))
+    table = leaderboard(rows)
+    assert "votes" in table.columns and list(table.votes) == [5, 5, 5, 5]
+    assert _row(table, "lp", WORST_CASE).votes == 5 and _row(table, "lp", "clean", "clean").votes == 5
+    a = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0], run="k1", eps=4 / 255, votes=1))
+    b = frame(cell_rows("lp", "pgd", 0, [1, 0, 0, 0], run="k16", eps=8 / 255, votes=16))
+    ladder = leaderboard(pd.concat([a, b], ignore_index=True))
+    assert set(ladder.defense) == {"lp [k1]", "lp [k16]"}
+    assert _row(ladder, "lp [k16]", WORST_CASE).votes == 16
+    same_k = leaderboard(pd.concat([a, b.assign(votes=1)], ignore_index=True))
+    assert set(same_k.defense) == {"lp"}
