@@ -28,10 +28,13 @@ over the attacks of that threat model (an (image, seed) is robust only if robust
 - ``paper``: the defense plugin's ``paper`` attribute (citation with arXiv id).
 
 **Several runs.** Rows of several runs are merged per threat model. A defense name used by several
-runs is labelled ``name [run]`` when the runs' cells differ (type, parameters or votes) or meet in one
-threat model
-(:func:`defense_labels`), so cells of different runs never merge silently and a worst case never
-spans runs; the same defense at different eps in different runs keeps its name (an eps ladder).
+runs is labelled ``name [run]`` when the runs' cells differ (type, parameters or votes) or when two
+runs measured the same (image, seed) under the same attack and threat model by different tasks
+(:func:`defense_labels`), so different measurements never merge silently. Otherwise the name is one
+cell: the same defense at different eps in different runs keeps its name (an eps ladder), and so do
+identical cells of several runs at one eps (e.g. the bare classifier ``none`` of two runs, so it stays
+the default reference). A task both runs computed (task ids hash everything that decides a row, not
+the run's name) is one measurement: its rows count once, the first run's.
 """
 
 from __future__ import annotations
@@ -71,10 +74,12 @@ COLUMNS = [
 
 _KEY = [*THREAT_MODEL, "defense", "attack"]
 _SAMPLE = ["seed", "image_id"]
+#: The reference defense when none is given: the bare classifier.
+DEFAULT_REFERENCE = "none"
 
 #: The row columns :func:`leaderboard` reads: ``bench.api.leaderboard`` asks the store for these only
 #: (the vote lists, predictions and perturbation sizes are most of a task file's bytes).
-ROW_COLUMNS = ("run", *THREAT_MODEL, "defense", "defense_type", "defense_config", "attack", "attack_config",
+ROW_COLUMNS = ("run", "task_id", *THREAT_MODEL, "defense", "defense_type", "defense_config", "attack", "attack_config",
                *BUDGET_COLUMNS, *DECISION_COLUMNS, *_SAMPLE, "clean_correct", "robust", "net_evals", "seconds")
 
 
@@ -110,24 +115,36 @@ def _blank_clean_threat(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(norm=norm.where(~clean, ""), eps=rows["eps"].where(~clean, math.nan))
 
 
+def _measured_twice(rows: pd.DataFrame) -> bool:
+    """Whether two different tasks measured the same (image, seed) under the same attack and threat model."""
+    cell = (*THREAT_MODEL, "attack", "seed")
+    tasks = rows[[*cell, "run", "task_id"]].drop_duplicates().astype({"run": str, "task_id": str})
+    same = all(len({frozenset(ids) for _, ids in grp.groupby("run")["task_id"]}) == 1
+               for _, grp in tasks.groupby(_tm_strings(tasks, cell), sort=False))
+    if same:  # every run computed the same tasks of each (attack, seed) it shares: decided without images
+        return False
+    sample = [*THREAT_MODEL, "attack", *_SAMPLE]
+    return bool(rows[[*sample, "task_id"]].drop_duplicates().duplicated(sample).any())
+
+
 def defense_labels(rows: pd.DataFrame) -> pd.Series:
     """Each row's defense label: the cell name, or ``name [run]`` when runs disagree on that name.
 
     A name used by several runs is labelled with the run when their cells differ (defense type,
-    resolved parameters or K votes per decision) or when two of those runs evaluated it under the same threat model and
-    setting (their rows would otherwise merge into one cell). The same defense at different eps in
-    different runs keeps one label, so its eps ladder spans the runs.
+    resolved parameters or K votes per decision) or when two of those runs measured the same
+    (image, seed) under the same attack and threat model by different tasks (two measurements would
+    otherwise merge into one cell). Otherwise it keeps one label: its eps ladder spans the runs, and
+    identical cells of several runs at one eps (the same task computed twice, or different attacks
+    or images) are one cell.
     """
     rows = _blank_clean_threat(rows)
     cell = ["defense_type", "defense_config", *DECISION_COLUMNS]
-    cells = rows[["defense", "run", *cell, *THREAT_MODEL]].drop_duplicates()
+    cells = rows[["defense", "run", *cell]].drop_duplicates()
     shared = set()
     for name, grp in cells.groupby("defense", sort=False, observed=True):
         if grp["run"].nunique() < 2:
             continue
-        differ = len(grp[cell].drop_duplicates()) > 1
-        collide = (grp.groupby(_tm_strings(grp, THREAT_MODEL))["run"].nunique() > 1).any()
-        if differ or collide:
+        if len(grp[cell].drop_duplicates()) > 1 or _measured_twice(rows[rows["defense"] == name]):
             shared.add(name)
     if not shared:
         return rows["defense"]
@@ -138,12 +155,18 @@ def defense_labels(rows: pd.DataFrame) -> pd.Series:
 
 
 def labelled(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` with ``defense`` replaced by :func:`defense_labels` and clean cells' norm/eps blanked."""
-    missing = {"run", "defense", "defense_type", "defense_config", *DECISION_COLUMNS, "attack", "setting",
+    """``rows`` with ``defense`` replaced by :func:`defense_labels` and clean cells' norm/eps blanked.
+
+    Rows of a task that several runs computed under one label are kept once (the first run's).
+    """
+    missing = {"run", "task_id", "defense", "defense_type", "defense_config", *DECISION_COLUMNS, "attack", "setting",
                *THREAT_MODEL_COLUMNS} - set(rows.columns)
     if missing:
         raise LeaderboardError(f"rows lack the columns {sorted(missing)} (row schema 2, bench/schema.py)")
-    return _blank_clean_threat(rows).assign(defense=defense_labels(rows))
+    out = _blank_clean_threat(rows).assign(defense=defense_labels(rows))
+    if out["run"].nunique() > 1:
+        out = out.drop_duplicates(["defense", "task_id", "image_id"])
+    return out
 
 
 def check_reference(rows: pd.DataFrame, reference: str | None) -> None:
@@ -156,8 +179,17 @@ def check_reference(rows: pd.DataFrame, reference: str | None) -> None:
 
 
 def default_reference(rows: pd.DataFrame) -> str | None:
-    """``none`` (the bare classifier) when the rows have that defense, else no reference."""
-    return "none" if "none" in set(defense_labels(rows)) else None
+    """``none`` (the bare classifier) when the rows have that defense label, else no reference.
+
+    When runs' ``none`` cells are labelled ``none [run]`` there is no default: :func:`reference_choices`
+    names them (the renderings say so in a footnote).
+    """
+    return DEFAULT_REFERENCE if DEFAULT_REFERENCE in set(defense_labels(rows)) else None
+
+
+def reference_choices(defenses: Iterable[str]) -> list[str]:
+    """The labels ``none [run]`` among ``defenses``: what to pass as the reference when ``none`` is labelled."""
+    return [d for d in dict.fromkeys(map(str, defenses)) if d.startswith(f"{DEFAULT_REFERENCE} [")]
 
 
 # -- per-sample records ------------------------------------------------------------------------------
@@ -355,7 +387,7 @@ def threat_models(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 
 __all__: Iterable[str] = [
-    "ATTACK_IDENTITY", "BUDGET_COLUMNS", "CLEAN_SETTING", "COLUMNS", "CONFIDENCE", "DECISION_COLUMNS", "LeaderboardError", "ROW_COLUMNS",
+    "ATTACK_IDENTITY", "BUDGET_COLUMNS", "CLEAN_SETTING", "COLUMNS", "CONFIDENCE", "DECISION_COLUMNS", "DEFAULT_REFERENCE", "LeaderboardError", "ROW_COLUMNS",
     "STD_DDOF", "THREAT_MODEL", "WORST_CASE", "categorical_text", "check_reference", "default_reference",
-    "defense_labels", "labelled", "leaderboard", "threat_models", "worst_case_records",
+    "defense_labels", "labelled", "leaderboard", "reference_choices", "threat_models", "worst_case_records",
 ]

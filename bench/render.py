@@ -16,7 +16,7 @@ from typing import Callable
 
 import pandas as pd
 
-from bench.leaderboard import CLEAN_SETTING, STD_DDOF, WORST_CASE, threat_models
+from bench.leaderboard import CLEAN_SETTING, DEFAULT_REFERENCE, STD_DDOF, WORST_CASE, reference_choices, threat_models
 from bench.stats import BOOTSTRAP, BOOTSTRAP_EXACT, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 
 FORMATS = ("md", "csv", "json", "latex")
@@ -137,6 +137,11 @@ def notes(table: pd.DataFrame, reference: str | None) -> list[str]:
             f"the per-image differences in robust seeds (images the unit, seeds never counted as independent). "
             f"Blank: '{reference}' has no cell with the same attack (name, type, configuration, budget and success "
             f"rule) on those images.")
+    elif choices := reference_choices(table["defense"]):
+        out.append(
+            f"p: blank, no reference defense: the runs' '{DEFAULT_REFERENCE}' cells differ or measured the same "
+            f"samples by different tasks, so there is no single '{DEFAULT_REFERENCE}'; for paired tests pass "
+            + " or ".join(f"--reference '{c}'" for c in choices) + ".")
     papers = table.drop_duplicates("defense")[["defense", "paper"]]
     cited = [f"{d}: {p}" for d, p in papers.itertuples(index=False) if p]
     if cited:

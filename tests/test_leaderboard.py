@@ -243,3 +243,38 @@ def test_votes_travel_with_every_row_and_differing_votes_are_different_cells():
     assert _row(ladder, "lp [k16]", WORST_CASE).votes == 16
     same_k = leaderboard(pd.concat([a, b.assign(votes=1)], ignore_index=True))
     assert set(same_k.defense) == {"lp"}
+
+
+def test_two_runs_with_the_same_none_cell_keep_the_default_reference():
+    """Two runs at one eps, each with the bare classifier: the same task (same content-hashed id) measured
+    by both runs is one measurement, so ``none`` stays one cell, counted once, and the default reference."""
+    shared = dict(defense_type="none", task_id="t-none-pgd-0")
+    a = frame(cell_rows("none", "pgd", 0, [0, 0, 1, 1], run="a", **shared),
+              cell_rows("lp", "pgd", 0, [1, 1, 1, 0], run="a", defense_type="lowpass"))
+    b = frame(cell_rows("none", "pgd", 0, [0, 0, 1, 1], run="b", **shared),
+              cell_rows("none", "bpda", 0, [0, 0, 0, 1], run="b", attack_type="bpda-eot", defense_type="none"),
+              cell_rows("dp", "pgd", 0, [1, 1, 0, 0], run="b", defense_type="diffpure"))
+    rows = pd.concat([a, b], ignore_index=True)
+    assert default_reference(rows) == "none"
+    table = leaderboard(rows, reference=default_reference(rows))
+    assert set(table.defense) == {"none", "lp", "dp"}
+    r = _row(table, "none", "pgd")
+    assert (r.n_images, r.robust_mean, r.net_evals_per_image) == (4, pytest.approx(0.5), pytest.approx(12.0))
+    assert r.runs == "a"  # the shared task's rows counted once, the first run's
+    # none's worst case: pgd [0,0,1,1] & bpda [0,0,0,1]; its cost the sum of the two attacks, not three
+    w = _row(table, "none", WORST_CASE)
+    assert w.robust_mean == pytest.approx(0.25) and w.net_evals_per_image == pytest.approx(24.0)
+    assert _row(table, "lp", "pgd").paired_test == MCNEMAR and _row(table, "dp", "pgd").paired_test == MCNEMAR
+
+
+def test_a_labelled_none_reference_is_named_in_a_footnote():
+    """Two runs measured the same samples with different none tasks: two labelled cells, no default
+    reference, and the rendering says which labels to pass instead of leaving the p-values blank silently."""
+    from bench.render import render
+
+    a = frame(cell_rows("none", "pgd", 0, [0, 0, 1, 1], run="a"), cell_rows("lp", "pgd", 0, [1, 1, 1, 0], run="a"))
+    b = frame(cell_rows("none", "pgd", 0, [0, 0, 0, 1], run="b"))
+    rows = pd.concat([a, b], ignore_index=True)
+    assert default_reference(rows) is None
+    md = render(leaderboard(rows), "md")
+    assert "pass --reference 'none [a]' or --reference 'none [b]'" in md
