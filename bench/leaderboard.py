@@ -13,7 +13,8 @@ their norm and eps are blank because a clean accuracy does not depend on them.
 over the attacks of that threat model (an (image, seed) is robust only if robust under every attack;
 (image, seed) pairs some attack did not cover are left out). Each row has
 
-- the attack's budget (steps, EOT draws, restarts, success rule, gradient mode as recorded) and
+- the attack's budget (steps, EOT draws, restarts, success rule, gradient mode as recorded), its
+  resolved configuration (``attack_config``) and
   ``votes``, the K purifications per decision (clean and adversarial) of the defended model;
 - ``n_images`` and ``n_seeds``;
 - clean and robust accuracy as mean ± std over seeds: the accuracy over the images of each seed,
@@ -66,7 +67,7 @@ BUDGET_COLUMNS = ("attack_type", "steps", "eot", "restarts", "success", "gradien
 DECISION_COLUMNS = ("votes",)
 
 COLUMNS = [
-    *THREAT_MODEL, "defense", "attack", *BUDGET_COLUMNS, *DECISION_COLUMNS, "runs", "n_images", "n_seeds",
+    *THREAT_MODEL, "defense", "attack", *BUDGET_COLUMNS, "attack_config", *DECISION_COLUMNS, "runs", "n_images", "n_seeds",
     "clean_mean", "clean_std", "clean_ci_low", "clean_ci_high", "clean_ci_method",
     "robust_mean", "robust_std", "robust_ci_low", "robust_ci_high", "robust_ci_method",
     "reference", "p_value", "paired_test", "net_evals_per_image", "seconds_per_image", "paper",
@@ -330,7 +331,7 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
 
     Returns:
         A DataFrame with :data:`COLUMNS`, accuracies as fractions in [0, 1]; worst-case rows have
-        ``attack == WORST_CASE``, blank budget columns and the votes of their cells.
+        ``attack == WORST_CASE``, blank budget columns and attack_config, and the votes of their cells.
 
     Raises:
         LeaderboardError: ``reference`` is not a defense of ``rows`` (the message lists them).
@@ -362,8 +363,8 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
         tm, defense = key[: len(THREAT_MODEL)], key[-2]
         cell = cells.get(key)
         row = dict(zip(_KEY, key))
-        row |= _described(cell, (*BUDGET_COLUMNS, *DECISION_COLUMNS)) if cell is not None else {
-            **{c: None for c in BUDGET_COLUMNS}, **worst_of[(_tm_key(tm), defense)]}
+        row |= _described(cell, (*BUDGET_COLUMNS, "attack_config", *DECISION_COLUMNS)) if cell is not None else {
+            **{c: None for c in (*BUDGET_COLUMNS, "attack_config")}, **worst_of[(_tm_key(tm), defense)]}
         row |= _summary(grp)
         p, test = math.nan, ""
         ref_key = ref_cells.get((_tm_key(tm), _attack_identity(cell)))

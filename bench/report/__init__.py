@@ -24,7 +24,8 @@ def _figures(defense: str, table: pd.DataFrame, rows: pd.DataFrame, img: Path, n
         (plots.robust_per_attack(table, img / f"{name}-robust.png"),
          "Robust accuracy per attack and worst case (red), per threat model, with 95% CI bars (images the unit)."),
         (plots.eps_ladder(table, img / f"{name}-eps.png"),
-         "Robust accuracy vs eps (the runs' eps ladder), per attack, with 95% CI bars."),
+         "Robust accuracy vs eps (the runs' eps ladder), one line per attack type, configuration, budget and "
+         "success rule, with 95% CI bars."),
         (plots.attack_agreement(rows, img / f"{name}-agreement.png"),
          "Which attack broke which samples: left, clean-correct (image, seed) pairs broken by both attacks "
          "(diagonal: by that attack); right, one column per pair, dark where that attack broke it."),
