@@ -63,3 +63,25 @@ def test_axis_labels_name_the_dataset_and_classifier(figures, tmp_path):
         assert any("resnet20" in t for t in ticks) and any("resnet56" in t for t in ticks)
         assert all("cifar10" in t for t in ticks)
     assert "resnet56" in agreement.axes[0].get_title() and "cifar10" in agreement.axes[0].get_title()
+
+
+def test_a_report_removes_its_own_earlier_pages_and_plots_only(tmp_path):
+    """A defense no longer in the runs has no page or plot left from an earlier report in the same
+    folder; files bench did not name are kept."""
+    from bench.report import write_report
+
+    def rows_of(*defenses):
+        return frame(*[cell_rows(d, a, 0, flags, defense_type="lowpass")
+                       for d in defenses for a, flags in (("pgd", [1, 0, 1]), ("bpda", [0, 1, 1]))])
+
+    both = rows_of("lp", "old")
+    write_report(both, leaderboard(both), tmp_path, title="t", reference=None)
+    assert (tmp_path / "defense-old.html").is_file() and (tmp_path / "img" / "old-robust.png").is_file()
+    (tmp_path / "notes.html").write_text("mine")
+    (tmp_path / "img" / "photo.png").write_bytes(b"mine")
+    one = rows_of("lp")
+    write_report(one, leaderboard(one), tmp_path, title="t", reference=None)
+    assert sorted(p.name for p in tmp_path.glob("defense-*.html")) == ["defense-lp.html"]
+    assert not list((tmp_path / "img").glob("old-*")) and (tmp_path / "img" / "lp-robust.png").is_file()
+    assert (tmp_path / "notes.html").read_text() == "mine" and (tmp_path / "img" / "photo.png").read_bytes() == b"mine"
+    assert "defense-old.html" not in (tmp_path / "index.html").read_text()
