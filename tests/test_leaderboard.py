@@ -248,7 +248,7 @@ def test_votes_travel_with_every_row_and_differing_votes_are_different_cells():
 def test_two_runs_with_the_same_none_cell_keep_the_default_reference():
     """Two runs at one eps, each with the bare classifier: the same task (same content-hashed id) measured
     by both runs is one measurement, so ``none`` stays one cell, counted once, and the default reference."""
-    shared = dict(defense_type="none", task_id="t-none-pgd-0")
+    shared = {"defense_type": "none", "task_id": "t-none-pgd-0"}
     a = frame(cell_rows("none", "pgd", 0, [0, 0, 1, 1], run="a", **shared),
               cell_rows("lp", "pgd", 0, [1, 1, 1, 0], run="a", defense_type="lowpass"))
     b = frame(cell_rows("none", "pgd", 0, [0, 0, 1, 1], run="b", **shared),
