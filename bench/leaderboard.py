@@ -13,7 +13,9 @@ their norm and eps are blank because a clean accuracy does not depend on them.
 over the attacks of that threat model (an (image, seed) is robust only if robust under every attack;
 (image, seed) pairs some attack did not cover are left out). Each row has
 
-- the attack's budget (steps, EOT draws, restarts, success rule, gradient mode as recorded);
+- the attack's budget (steps, EOT draws, restarts, success rule, gradient mode as recorded), its
+  resolved configuration (``attack_config``) and
+  ``votes``, the K purifications per decision (clean and adversarial) of the defended model;
 - ``n_images`` and ``n_seeds``;
 - clean and robust accuracy as mean ± std over seeds: the accuracy over the images of each seed,
   then the mean and the sample std (``ddof=1``, :data:`STD_DDOF`; NaN with one seed) of those;
@@ -27,9 +29,13 @@ over the attacks of that threat model (an (image, seed) is robust only if robust
 - ``paper``: the defense plugin's ``paper`` attribute (citation with arXiv id).
 
 **Several runs.** Rows of several runs are merged per threat model. A defense name used by several
-runs is labelled ``name [run]`` when the runs' cells differ or meet in one threat model
-(:func:`defense_labels`), so cells of different runs never merge silently and a worst case never
-spans runs; the same defense at different eps in different runs keeps its name (an eps ladder).
+runs is labelled ``name [run]`` when the runs' cells differ (type, parameters or votes) or when two
+runs measured the same (image, seed) under the same attack and threat model by different tasks
+(:func:`defense_labels`), so different measurements never merge silently. Otherwise the name is one
+cell: the same defense at different eps in different runs keeps its name (an eps ladder), and so do
+identical cells of several runs at one eps (e.g. the bare classifier ``none`` of two runs, so it stays
+the default reference). A task both runs computed (task ids hash everything that decides a row, not
+the run's name) is one measurement: its rows count once, the first run's.
 """
 
 from __future__ import annotations
@@ -56,9 +62,12 @@ SETTING_ORDER = ("adaptive", "oblivious", CLEAN_SETTING)
 #: What identifies "the same attack" when pairing a defense with the reference.
 ATTACK_IDENTITY = ("attack", "attack_type", "attack_config", "steps", "eot", "restarts", "success")
 BUDGET_COLUMNS = ("attack_type", "steps", "eot", "restarts", "success", "gradient")
+#: What decides a prediction of the defended model: K, the purifications per (clean or adversarial)
+#: decision. Part of what a defense cell is (:func:`defense_labels`), so every row carries it.
+DECISION_COLUMNS = ("votes",)
 
 COLUMNS = [
-    *THREAT_MODEL, "defense", "attack", *BUDGET_COLUMNS, "runs", "n_images", "n_seeds",
+    *THREAT_MODEL, "defense", "attack", *BUDGET_COLUMNS, "attack_config", *DECISION_COLUMNS, "runs", "n_images", "n_seeds",
     "clean_mean", "clean_std", "clean_ci_low", "clean_ci_high", "clean_ci_method",
     "robust_mean", "robust_std", "robust_ci_low", "robust_ci_high", "robust_ci_method",
     "reference", "p_value", "paired_test", "net_evals_per_image", "seconds_per_image", "paper",
@@ -66,11 +75,13 @@ COLUMNS = [
 
 _KEY = [*THREAT_MODEL, "defense", "attack"]
 _SAMPLE = ["seed", "image_id"]
+#: The reference defense when none is given: the bare classifier.
+DEFAULT_REFERENCE = "none"
 
 #: The row columns :func:`leaderboard` reads: ``bench.api.leaderboard`` asks the store for these only
 #: (the vote lists, predictions and perturbation sizes are most of a task file's bytes).
-ROW_COLUMNS = ("run", *THREAT_MODEL, "defense", "defense_type", "defense_config", "attack", "attack_config",
-               *BUDGET_COLUMNS, *_SAMPLE, "clean_correct", "robust", "net_evals", "seconds")
+ROW_COLUMNS = ("run", "task_id", *THREAT_MODEL, "defense", "defense_type", "defense_config", "attack", "attack_config",
+               *BUDGET_COLUMNS, *DECISION_COLUMNS, *_SAMPLE, "clean_correct", "robust", "net_evals", "seconds")
 
 
 #: The text columns of :data:`ROW_COLUMNS` (grouped by, so read as categoricals)
@@ -105,23 +116,36 @@ def _blank_clean_threat(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(norm=norm.where(~clean, ""), eps=rows["eps"].where(~clean, math.nan))
 
 
+def _measured_twice(rows: pd.DataFrame) -> bool:
+    """Whether two different tasks measured the same (image, seed) under the same attack and threat model."""
+    cell = (*THREAT_MODEL, "attack", "seed")
+    tasks = rows[[*cell, "run", "task_id"]].drop_duplicates().astype({"run": str, "task_id": str})
+    same = all(len({frozenset(ids) for _, ids in grp.groupby("run")["task_id"]}) == 1
+               for _, grp in tasks.groupby(_tm_strings(tasks, cell), sort=False))
+    if same:  # every run computed the same tasks of each (attack, seed) it shares: decided without images
+        return False
+    sample = [*THREAT_MODEL, "attack", *_SAMPLE]
+    return bool(rows[[*sample, "task_id"]].drop_duplicates().duplicated(sample).any())
+
+
 def defense_labels(rows: pd.DataFrame) -> pd.Series:
     """Each row's defense label: the cell name, or ``name [run]`` when runs disagree on that name.
 
-    A name used by several runs is labelled with the run when their cells differ (defense type or
-    resolved parameters) or when two of those runs evaluated it under the same threat model and
-    setting (their rows would otherwise merge into one cell). The same defense at different eps in
-    different runs keeps one label, so its eps ladder spans the runs.
+    A name used by several runs is labelled with the run when their cells differ (defense type,
+    resolved parameters or K votes per decision) or when two of those runs measured the same
+    (image, seed) under the same attack and threat model by different tasks (two measurements would
+    otherwise merge into one cell). Otherwise it keeps one label: its eps ladder spans the runs, and
+    identical cells of several runs at one eps (the same task computed twice, or different attacks
+    or images) are one cell.
     """
     rows = _blank_clean_threat(rows)
-    cells = rows[["defense", "run", "defense_type", "defense_config", *THREAT_MODEL]].drop_duplicates()
+    cell = ["defense_type", "defense_config", *DECISION_COLUMNS]
+    cells = rows[["defense", "run", *cell]].drop_duplicates()
     shared = set()
     for name, grp in cells.groupby("defense", sort=False, observed=True):
         if grp["run"].nunique() < 2:
             continue
-        differ = len(grp[["defense_type", "defense_config"]].drop_duplicates()) > 1
-        collide = (grp.groupby(_tm_strings(grp, THREAT_MODEL))["run"].nunique() > 1).any()
-        if differ or collide:
+        if len(grp[cell].drop_duplicates()) > 1 or _measured_twice(rows[rows["defense"] == name]):
             shared.add(name)
     if not shared:
         return rows["defense"]
@@ -132,12 +156,18 @@ def defense_labels(rows: pd.DataFrame) -> pd.Series:
 
 
 def labelled(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` with ``defense`` replaced by :func:`defense_labels` and clean cells' norm/eps blanked."""
-    missing = {"run", "defense", "defense_type", "defense_config", "attack", "setting",
+    """``rows`` with ``defense`` replaced by :func:`defense_labels` and clean cells' norm/eps blanked.
+
+    Rows of a task that several runs computed under one label are kept once (the first run's).
+    """
+    missing = {"run", "task_id", "defense", "defense_type", "defense_config", *DECISION_COLUMNS, "attack", "setting",
                *THREAT_MODEL_COLUMNS} - set(rows.columns)
     if missing:
         raise LeaderboardError(f"rows lack the columns {sorted(missing)} (row schema 2, bench/schema.py)")
-    return _blank_clean_threat(rows).assign(defense=defense_labels(rows))
+    out = _blank_clean_threat(rows).assign(defense=defense_labels(rows))
+    if out["run"].nunique() > 1:
+        out = out.drop_duplicates(["defense", "task_id", "image_id"])
+    return out
 
 
 def check_reference(rows: pd.DataFrame, reference: str | None) -> None:
@@ -150,8 +180,17 @@ def check_reference(rows: pd.DataFrame, reference: str | None) -> None:
 
 
 def default_reference(rows: pd.DataFrame) -> str | None:
-    """``none`` (the bare classifier) when the rows have that defense, else no reference."""
-    return "none" if "none" in set(defense_labels(rows)) else None
+    """``none`` (the bare classifier) when the rows have that defense label, else no reference.
+
+    When runs' ``none`` cells are labelled ``none [run]`` there is no default: :func:`reference_choices`
+    names them (the renderings say so in a footnote).
+    """
+    return DEFAULT_REFERENCE if DEFAULT_REFERENCE in set(defense_labels(rows)) else None
+
+
+def reference_choices(defenses: Iterable[str]) -> list[str]:
+    """The labels ``none [run]`` among ``defenses``: what to pass as the reference when ``none`` is labelled."""
+    return [d for d in dict.fromkeys(map(str, defenses)) if d.startswith(f"{DEFAULT_REFERENCE} [")]
 
 
 # -- per-sample records ------------------------------------------------------------------------------
@@ -204,10 +243,10 @@ def _summary(records: pd.DataFrame) -> dict[str, object]:
     return out
 
 
-def _budget(rows: pd.DataFrame) -> dict[str, object]:
-    """The recorded budget of one (defense, attack) cell (several values joined by '/', never hidden)."""
+def _described(rows: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, object]:
+    """The recorded ``columns`` and runs of some rows (several values joined by '/', never hidden)."""
     out: dict[str, object] = {}
-    for col in BUDGET_COLUMNS:
+    for col in columns:
         values = list(pd.unique(rows[col]))
         out[col] = values[0] if len(values) == 1 else "/".join(str(v) for v in values)
     out["runs"] = ",".join(str(r) for r in pd.unique(rows["run"]))
@@ -292,7 +331,7 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
 
     Returns:
         A DataFrame with :data:`COLUMNS`, accuracies as fractions in [0, 1]; worst-case rows have
-        ``attack == WORST_CASE`` and blank budget columns.
+        ``attack == WORST_CASE``, blank budget columns and attack_config, and the votes of their cells.
 
     Raises:
         LeaderboardError: ``reference`` is not a defense of ``rows`` (the message lists them).
@@ -305,12 +344,16 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
     records = sample_records(rows)
     by_cell = dict(iter(records.groupby(_KEY, sort=False, dropna=False, observed=True)))
     by_cell |= dict(iter(worst_case_records(records).groupby(_KEY, sort=False, dropna=False, observed=True)))
-    # what _budget and _attack_identity read, one row per distinct value (first occurrences, in order)
-    described = rows[list(dict.fromkeys([*_KEY, *BUDGET_COLUMNS, *ATTACK_IDENTITY, "run"]))].drop_duplicates()
+    # what _described and _attack_identity read, one row per distinct value (first occurrences, in order)
+    described = rows[list(dict.fromkeys([*_KEY, *BUDGET_COLUMNS, *DECISION_COLUMNS, *ATTACK_IDENTITY, "run"]))
+                     ].drop_duplicates()
     cells = dict(iter(described.groupby(_KEY, sort=False, dropna=False, observed=True)))
     papers = {d: _paper(t, c) for d, t, c in rows[["defense", "defense_type", "defense_config"]]
               .drop_duplicates("defense").itertuples(index=False)}
-    runs_of = rows.groupby("defense", observed=True)["run"].unique()
+    # votes and runs of each worst case: those of its own (threat model, defense) cells, not of the
+    # defense's other threat models (an eps ladder across runs keeps one defense name)
+    worst_of = {(_tm_key(key[:-1]), key[-1]): _described(grp, DECISION_COLUMNS)
+                for key, grp in described.groupby([*THREAT_MODEL, "defense"], sort=False, dropna=False, observed=True)}
     # the reference's cells, by (threat model, attack identity): what each row is paired with
     ref_cells = {(_tm_key(key[: len(THREAT_MODEL)]), _attack_identity(cells.get(key))): key
                  for key in by_cell if reference is not None and key[len(THREAT_MODEL)] == reference}
@@ -320,8 +363,8 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
         tm, defense = key[: len(THREAT_MODEL)], key[-2]
         cell = cells.get(key)
         row = dict(zip(_KEY, key))
-        row |= _budget(cell) if cell is not None else {
-            **{c: None for c in BUDGET_COLUMNS}, "runs": ",".join(map(str, runs_of[defense]))}
+        row |= _described(cell, (*BUDGET_COLUMNS, "attack_config", *DECISION_COLUMNS)) if cell is not None else {
+            **{c: None for c in (*BUDGET_COLUMNS, "attack_config")}, **worst_of[(_tm_key(tm), defense)]}
         row |= _summary(grp)
         p, test = math.nan, ""
         ref_key = ref_cells.get((_tm_key(tm), _attack_identity(cell)))
@@ -330,7 +373,7 @@ def leaderboard(rows: pd.DataFrame, *, reference: str | None = None) -> pd.DataF
         row |= {"reference": reference or "", "p_value": p, "paired_test": test, "paper": papers.get(defense, "")}
         out.append(row)
     table = pd.DataFrame(out, columns=COLUMNS)
-    for col in ("steps", "eot", "restarts"):
+    for col in ("steps", "eot", "restarts", *DECISION_COLUMNS):
         try:  # integers with a blank for worst-case rows (not floats)
             table[col] = table[col].astype("Int64")
         except (TypeError, ValueError):  # a cell recorded several budgets: kept as the joined text
@@ -345,7 +388,7 @@ def threat_models(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 
 __all__: Iterable[str] = [
-    "ATTACK_IDENTITY", "BUDGET_COLUMNS", "CLEAN_SETTING", "COLUMNS", "CONFIDENCE", "LeaderboardError", "ROW_COLUMNS",
+    "ATTACK_IDENTITY", "BUDGET_COLUMNS", "CLEAN_SETTING", "COLUMNS", "CONFIDENCE", "DECISION_COLUMNS", "DEFAULT_REFERENCE", "LeaderboardError", "ROW_COLUMNS",
     "STD_DDOF", "THREAT_MODEL", "WORST_CASE", "categorical_text", "check_reference", "default_reference",
-    "defense_labels", "labelled", "leaderboard", "threat_models", "worst_case_records",
+    "defense_labels", "labelled", "leaderboard", "reference_choices", "threat_models", "worst_case_records",
 ]

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pandas as pd
 
-from bench.leaderboard import CLEAN_SETTING, STD_DDOF, WORST_CASE, threat_models
+from bench.leaderboard import CLEAN_SETTING, DEFAULT_REFERENCE, STD_DDOF, WORST_CASE, reference_choices, threat_models
 from bench.stats import BOOTSTRAP, BOOTSTRAP_EXACT, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 
 FORMATS = ("md", "csv", "json", "latex")
@@ -50,13 +50,16 @@ def threat_model_title(tm: tuple) -> str:
 
 
 def budget_text(row: pd.Series) -> str:
-    """``10 steps x 4 EOT, 1 restart, success final, gradient surrogate`` (worst case / clean: a word)."""
+    """``10 steps x 4 EOT, 1 restart, success final, gradient surrogate, K = 5`` (worst case / clean: a
+    word, then K): the attack's budget and the votes per decision of the defense it was judged by."""
+    votes = f", K = {row['votes']}"
     if row["attack"] == WORST_CASE:
-        return "every attack above"
+        return "every attack above" + votes
     if row["setting"] == CLEAN_SETTING:
-        return "no attack"
+        return "no attack" + votes
     restarts = f"{row['restarts']} restart" + ("" if str(row["restarts"]) == "1" else "s")
-    return f"{row['steps']} steps x {row['eot']} EOT, {restarts}, success {row['success']}, gradient {row['gradient']}"
+    return (f"{row['steps']} steps x {row['eot']} EOT, {restarts}, success {row['success']}, "
+            f"gradient {row['gradient']}{votes}")
 
 
 def pct(x: float) -> str:
@@ -120,7 +123,9 @@ def notes(table: pd.DataFrame, reference: str | None) -> list[str]:
         f"'{WORST_CASE}': an (image, seed) is robust only if it is robust under every attack of the table; "
         f"(image, seed) pairs not covered by every attack are left out; its cost is the sum over the attacks.",
         "budget: iterations x EOT draws per gradient, restarts, success rule (final: the final iterate is judged; "
-        "any: broken at the first checked iterate the defense misclassifies) and the gradient mode used to craft.",
+        "any: broken at the first checked iterate the defense misclassifies) and the gradient mode used to craft; "
+        "K: the purifications per decision (clean and adversarial, majority vote; a deterministic defense "
+        "decides once).",
         "net evals / img, s / img: network evaluations (classifier = 1, one purification = the defense's cost) "
         "and wall seconds per (image, seed), mean over the cell's rows.",
     ]
@@ -132,6 +137,11 @@ def notes(table: pd.DataFrame, reference: str | None) -> list[str]:
             f"the per-image differences in robust seeds (images the unit, seeds never counted as independent). "
             f"Blank: '{reference}' has no cell with the same attack (name, type, configuration, budget and success "
             f"rule) on those images.")
+    elif choices := reference_choices(table["defense"]):
+        out.append(
+            f"p: blank, no reference defense: the runs' '{DEFAULT_REFERENCE}' cells differ or measured the same "
+            f"samples by different tasks, so there is no single '{DEFAULT_REFERENCE}'; for paired tests pass "
+            + " or ".join(f"--reference '{c}'" for c in choices) + ".")
     papers = table.drop_duplicates("defense")[["defense", "paper"]]
     cited = [f"{d}: {p}" for d, p in papers.itertuples(index=False) if p]
     if cited:

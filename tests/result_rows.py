@@ -15,7 +15,8 @@ def cell_rows(defense: str, attack: str, seed: int, robust: Sequence[int], *, cl
               attack_type: str = "pgd-eot", defense_type: str | None = None, steps: int = 10, eot: int = 4,
               restarts: int = 1, success: str = "final", gradient: str = "full", attack_config: str = "{}",
               net_evals: float = 12.0, seconds: float = 0.5, image_ids: Sequence[int] | None = None,
-              classifier: str = "resnet20", dataset: str = "cifar10", task_id: str | None = None) -> list[dict]:
+              classifier: str = "resnet20", dataset: str = "cifar10", task_id: str | None = None,
+              votes: int = 1) -> list[dict]:
     """Rows of one (defense, attack, seed) over images ``image_ids`` (default 0..len(robust)-1).
 
     ``clean`` defaults to all correct (for a ``clean`` setting cell: to ``robust``, the clean flags);
@@ -37,7 +38,7 @@ def cell_rows(defense: str, attack: str, seed: int, robust: Sequence[int], *, cl
             "classifier": classifier, "norm": norm, "eps": eps, "defense": defense,
             "defense_type": defense_type or defense, "defense_config": "{}", "attack": attack,
             "attack_type": attack_type, "attack_config": attack_config, "steps": steps, "eot": eot,
-            "restarts": restarts, "success": success, "setting": setting, "gradient": gradient, "votes": 1,
+            "restarts": restarts, "success": success, "setting": setting, "gradient": gradient, "votes": votes,
             "seed": seed, "image_id": image, "label": label, "clean_pred": pred,
             "clean_votes": [int(c == pred) for c in range(10)], "clean_correct": bool(ok),
             "attacked": bool(ok) and setting != "clean", "adv_pred": adv if setting != "clean" else pred,

@@ -141,7 +141,7 @@ def test_status_and_leaderboard_of_a_stored_run(tmp_path):
     assert "run older " in runner.invoke(main, ["status", "older", "--results", str(results)]).output
     md = runner.invoke(main, ["leaderboard", "--results", str(results)])
     assert md.exit_code == 0 and md.output.startswith("### run: 6/6 tasks done")
-    assert "| none | pgd-eot | 10 steps x 1 EOT, 1 restart, success final, gradient full |" in md.output
+    assert "| none | pgd-eot | 10 steps x 1 EOT, 1 restart, success final, gradient full, K = 1 |" in md.output
     assert "#### cifar10 (test) · classifier resnet20 · Linf eps = 8/255 · adaptive attacks" in md.output
     assert "worst case" in md.output
     out = tmp_path / "lb.csv"

@@ -215,3 +215,66 @@ def test_categorical_text_columns_give_the_same_table(case):
     pd.testing.assert_frame_equal(plain, fast)
     if case == "two runs":
         assert {"none [b]", "none [run]"} <= set(fast.defense)
+
+
+def test_worst_case_runs_are_the_runs_of_its_own_threat_model():
+    """An eps ladder across runs: each worst case names only the run that produced its rows."""
+    a = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0], run="a", eps=8 / 255))
+    b = frame(cell_rows("lp", "pgd", 0, [1, 0, 0, 0], run="b", eps=4 / 255))
+    table = leaderboard(pd.concat([a, b], ignore_index=True))
+    assert set(table.defense) == {"lp"}
+    for eps, run in ((8 / 255, "a"), (4 / 255, "b")):
+        assert _row(table, "lp", "pgd", eps=eps).runs == run
+        assert _row(table, "lp", WORST_CASE, eps=eps).runs == run
+
+
+def test_votes_travel_with_every_row_and_differing_votes_are_different_cells():
+    """Robust accuracy is a K-vote decision: K is a column of every row (worst case and clean too), and
+    the same defense name run with K=1 in one run and K=16 in another is never one eps ladder."""
+    rows = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0], votes=5), cell_rows("lp", "bpda", 0, [1, 0, 1, 0], votes=5),
+                 cell_rows("lp", "clean", 0, [1, 1, 1, 0], setting="clean", votes=5))
+    table = leaderboard(rows)
+    assert "votes" in table.columns and list(table.votes) == [5, 5, 5, 5]
+    assert _row(table, "lp", WORST_CASE).votes == 5 and _row(table, "lp", "clean", "clean").votes == 5
+    a = frame(cell_rows("lp", "pgd", 0, [1, 1, 0, 0], run="k1", eps=4 / 255, votes=1))
+    b = frame(cell_rows("lp", "pgd", 0, [1, 0, 0, 0], run="k16", eps=8 / 255, votes=16))
+    ladder = leaderboard(pd.concat([a, b], ignore_index=True))
+    assert set(ladder.defense) == {"lp [k1]", "lp [k16]"}
+    assert _row(ladder, "lp [k16]", WORST_CASE).votes == 16
+    same_k = leaderboard(pd.concat([a, b.assign(votes=1)], ignore_index=True))
+    assert set(same_k.defense) == {"lp"}
+
+
+def test_two_runs_with_the_same_none_cell_keep_the_default_reference():
+    """Two runs at one eps, each with the bare classifier: the same task (same content-hashed id) measured
+    by both runs is one measurement, so ``none`` stays one cell, counted once, and the default reference."""
+    shared = {"defense_type": "none", "task_id": "t-none-pgd-0"}
+    a = frame(cell_rows("none", "pgd", 0, [0, 0, 1, 1], run="a", **shared),
+              cell_rows("lp", "pgd", 0, [1, 1, 1, 0], run="a", defense_type="lowpass"))
+    b = frame(cell_rows("none", "pgd", 0, [0, 0, 1, 1], run="b", **shared),
+              cell_rows("none", "bpda", 0, [0, 0, 0, 1], run="b", attack_type="bpda-eot", defense_type="none"),
+              cell_rows("dp", "pgd", 0, [1, 1, 0, 0], run="b", defense_type="diffpure"))
+    rows = pd.concat([a, b], ignore_index=True)
+    assert default_reference(rows) == "none"
+    table = leaderboard(rows, reference=default_reference(rows))
+    assert set(table.defense) == {"none", "lp", "dp"}
+    r = _row(table, "none", "pgd")
+    assert (r.n_images, r.robust_mean, r.net_evals_per_image) == (4, pytest.approx(0.5), pytest.approx(12.0))
+    assert r.runs == "a"  # the shared task's rows counted once, the first run's
+    # none's worst case: pgd [0,0,1,1] & bpda [0,0,0,1]; its cost the sum of the two attacks, not three
+    w = _row(table, "none", WORST_CASE)
+    assert w.robust_mean == pytest.approx(0.25) and w.net_evals_per_image == pytest.approx(24.0)
+    assert _row(table, "lp", "pgd").paired_test == MCNEMAR and _row(table, "dp", "pgd").paired_test == MCNEMAR
+
+
+def test_a_labelled_none_reference_is_named_in_a_footnote():
+    """Two runs measured the same samples with different none tasks: two labelled cells, no default
+    reference, and the rendering says which labels to pass instead of leaving the p-values blank silently."""
+    from bench.render import render
+
+    a = frame(cell_rows("none", "pgd", 0, [0, 0, 1, 1], run="a"), cell_rows("lp", "pgd", 0, [1, 1, 1, 0], run="a"))
+    b = frame(cell_rows("none", "pgd", 0, [0, 0, 0, 1], run="b"))
+    rows = pd.concat([a, b], ignore_index=True)
+    assert default_reference(rows) is None
+    md = render(leaderboard(rows), "md")
+    assert "pass --reference 'none [a]' or --reference 'none [b]'" in md

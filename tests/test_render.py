@@ -94,3 +94,13 @@ def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="allowed: md, csv, json, latex"):
         render(_table(), "html")
     assert FORMATS == ("md", "csv", "json", "latex")
+
+
+def test_budget_text_names_the_votes_of_every_row():
+    """Robust accuracy is a K-vote decision: the printed budget says K (attack, worst-case and clean rows)."""
+    rows = frame(cell_rows("dp", "pgd", 0, [1, 0, 1, 0], votes=5, defense_type="diffpure"),
+                 cell_rows("dp", "clean", 0, [1, 1, 1, 0], setting="clean", votes=5, defense_type="diffpure"))
+    md = render(leaderboard(rows), "md")
+    assert "10 steps x 4 EOT, 1 restart, success final, gradient full, K = 5 |" in md
+    assert "every attack above, K = 5 |" in md and "no attack, K = 5 |" in md
+    assert "K: the purifications per decision" in md

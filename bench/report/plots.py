@@ -7,23 +7,64 @@ draw (e.g. no eps ladder).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.leaderboard import CLEAN_SETTING, WORST_CASE
+from bench.leaderboard import ATTACK_IDENTITY, CLEAN_SETTING, THREAT_MODEL, WORST_CASE
 from bench.render import format_eps
 
 _DPI = 110
+#: A panel of the eps ladder: the threat model but its eps.
+_LADDER_PANEL = [c for c in THREAT_MODEL if c != "eps"]
+#: A line of the eps ladder: the attack as :data:`~bench.leaderboard.ATTACK_IDENTITY` pairs it, but for its
+#: cell name (cells are often named per eps: pgd-2, pgd-4) and the eps and norm inside its configuration.
+_LADDER_LINE = [c for c in ATTACK_IDENTITY if c != "attack"]
 
 
-def tm_short(row: pd.Series) -> str:
-    """``Linf 8/255 adaptive`` (or ``clean``), for axis labels."""
-    if row["setting"] == CLEAN_SETTING:
-        return "clean"
-    return f"{row['norm']} {format_eps(row['eps'], row['norm'])} {row['setting']}"
+def tm_short(tm: pd.Series | tuple) -> str:
+    """``cifar10 (test), resnet20, Linf 8/255 adaptive`` (or ``..., clean``) for axis labels and titles.
+
+    ``tm``: a table row, or the values of :data:`~bench.leaderboard.THREAT_MODEL` in order.
+    """
+    values = dict(zip(THREAT_MODEL, tm)) if isinstance(tm, tuple) else {c: tm[c] for c in THREAT_MODEL}
+    head = f"{values['dataset']} ({values['split']}), {values['classifier']}"
+    if values["setting"] == CLEAN_SETTING:
+        return f"{head}, clean"
+    return f"{head}, {values['norm']} {format_eps(values['eps'], values['norm'])} {values['setting']}"
+
+
+def _without_threat(attack_config: object) -> str:
+    """An attack's configuration JSON without the threat model's ``norm`` and ``eps``."""
+    try:
+        params = json.loads(str(attack_config))
+    except ValueError:
+        return str(attack_config)
+    if not isinstance(params, dict):
+        return str(attack_config)
+    return json.dumps({k: v for k, v in params.items() if k not in ("norm", "eps")}, sort_keys=True)
+
+
+def ladder_lines(panel: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The lines of one eps-ladder panel: ``[(legend label, its rows sorted by eps)]``, the worst case last.
+
+    One line per attack identity (type, configuration without eps/norm, steps, EOT, restarts, success
+    rule), so two success rules of one budget are two lines; the label names the configuration too
+    when two lines would otherwise read the same.
+    """
+    attacks = panel[panel["attack"] != WORST_CASE]
+    keys = attacks[_LADDER_LINE].assign(attack_config=attacks["attack_config"].map(_without_threat))
+    groups = list(attacks.groupby(pd.Series(list(keys.itertuples(index=False, name=None)), index=keys.index),
+                                  sort=False))
+    labels = [f"{r['attack_type']} {r['steps']}x{r['eot']}, {r['restarts']} restart(s), success {r['success']}"
+              for r in (grp.iloc[0] for _, grp in groups)]
+    labels = [f"{label} {key[1]}" if labels.count(label) > 1 else label for label, (key, _) in zip(labels, groups)]
+    lines = [(label, grp.sort_values("eps")) for label, (_, grp) in zip(labels, groups)]
+    worst = panel[panel["attack"] == WORST_CASE]
+    return lines + ([(WORST_CASE, worst.sort_values("eps"))] if not worst.empty else [])
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -56,31 +97,25 @@ def robust_per_attack(table: pd.DataFrame, path: Path) -> Path | None:
 
 
 def eps_ladder(table: pd.DataFrame, path: Path) -> Path | None:
-    """Robust accuracy vs eps, for each (dataset, classifier, norm, setting) with >= 2 eps values.
-
-    One line per attack type and budget (steps x EOT, restarts) and one for the worst case.
-    """
+    """Robust accuracy vs eps, one panel per threat model but eps (dataset, split, classifier, norm,
+    setting) with >= 2 eps values; the lines are :func:`ladder_lines`."""
     rows = table[table["setting"] != CLEAN_SETTING]
-    groups = [(key, grp) for key, grp in rows.groupby(["dataset", "split", "classifier", "norm", "setting"], sort=False)
-              if grp["eps"].nunique() >= 2]
+    groups = [(key, grp) for key, grp in rows.groupby(_LADDER_PANEL, sort=False) if grp["eps"].nunique() >= 2]
     if not groups:
         return None
     fig = Figure(figsize=(6.5, 3.6 * len(groups)))
     axes = np.atleast_1d(fig.subplots(len(groups), 1, squeeze=False).ravel())
     for ax, (key, grp) in zip(axes, groups):
-        # one line per attack type and budget, so cells named per eps (pgd-2, pgd-4, ...) join up
-        line_key = grp.apply(lambda r: WORST_CASE if r["attack"] == WORST_CASE else
-                             f"{r['attack_type']} {r['steps']}x{r['eot']}, {r['restarts']} restart(s)", axis=1)
-        for attack, line in grp.groupby(line_key, sort=False):
-            line = line.sort_values("eps")
+        panel = dict(zip(_LADDER_PANEL, key))
+        for attack, line in ladder_lines(grp):
             means = line["robust_mean"].to_numpy(float)
             err = _error_bars(means, line["robust_ci_low"].to_numpy(float), line["robust_ci_high"].to_numpy(float))
             style = {"color": "#b23a48", "linewidth": 2.2} if attack == WORST_CASE else {}
             ax.errorbar(line["eps"] * 255, means * 100, yerr=err, marker="o", capsize=3, label=attack, **style)
-        ax.set_xlabel(f"{key[3]} eps (x 1/255)")
+        ax.set_xlabel(f"{panel['norm']} eps (x 1/255)")
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(f"{key[0]} ({key[1]}), {key[2]}, {key[4]}", fontsize=10)
+        ax.set_title(f"{panel['dataset']} ({panel['split']}), {panel['classifier']}, {panel['setting']}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -96,7 +131,7 @@ def attack_agreement(rows: pd.DataFrame, path: Path) -> Path | None:
     """
     rows = rows[rows["setting"] != CLEAN_SETTING]
     panels = []
-    for key, grp in rows.groupby(["dataset", "split", "classifier", "norm", "eps", "setting"], sort=False):
+    for key, grp in rows.groupby(list(THREAT_MODEL), sort=False):
         attacks = list(pd.unique(grp["attack"]))
         if len(attacks) < 2:
             continue
@@ -120,8 +155,7 @@ def attack_agreement(rows: pd.DataFrame, path: Path) -> Path | None:
             for j in range(len(attacks)):
                 left.text(j, i, f"{int(both[i, j])}", ha="center", va="center", fontsize=8,
                           color="white" if both[i, j] > len(m) / 2 else "black")
-        left.set_title(f"{key[3]} {format_eps(key[4], key[3])} {key[5]}: broken by both\n(of {len(m)} clean-correct pairs)",
-                       fontsize=9)
+        left.set_title(f"{tm_short(key)}: broken by both\n(of {len(m)} clean-correct pairs)", fontsize=9)
         # most-broken pairs first, then by which attacks broke them (first attack first)
         order = np.lexsort(tuple(-m[:, j] for j in reversed(range(m.shape[1]))) + (-m.sum(axis=1),))
         strip = m[order].T if len(m) else np.zeros((len(attacks), 1))
@@ -150,4 +184,4 @@ def cost(table: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-__all__ = ["attack_agreement", "cost", "eps_ladder", "robust_per_attack", "tm_short"]
+__all__ = ["attack_agreement", "cost", "eps_ladder", "ladder_lines", "robust_per_attack", "tm_short"]
