@@ -188,12 +188,32 @@ def _path_markers(hint: Any) -> list[ExistingPath]:
     return [m for arg in typing.get_args(hint) for m in _path_markers(arg)]
 
 
+def user_path(value: str) -> Path:
+    """``value`` as a path with ``~`` / ``~user`` expanded.
+
+    Raises:
+        ValueError: a sentence saying why no path can be formed from ``value`` (a NUL byte, or a
+            ``~user`` whose home directory is unknown), for messages that name the field.
+    """
+    if "\0" in value:
+        raise ValueError(f"{value!r} contains a NUL byte, which no path can hold")
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        user = value[1:].split("/", 1)[0]
+        who = f"user {user!r}" if user else "this user"
+        raise ValueError(f"{value!r} starts with '~', but {who} has no home directory here") from None
+
+
 def path_problem(hint: Any, value: Any) -> str | None:
     """For a string declared with :class:`ExistingPath`: why it does not exist, or None."""
     markers = _path_markers(hint) if isinstance(value, str) else []
     if not markers:
         return None
-    path = Path(value).expanduser()
+    try:
+        path = user_path(value)
+    except ValueError as exc:
+        return f"{markers[0].what} {exc}"
     if any(path.is_file() if m.kind == "file" else path.is_dir() for m in markers):
         return None
     where = "" if path.is_absolute() else f" (resolved to {path.resolve()})"
