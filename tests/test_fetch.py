@@ -265,6 +265,33 @@ def test_offline_with_a_missing_file_exits_2_naming_it(tmp_path, server, catalog
     assert sum(server.requests.values()) == 0 and not (tmp_path / "r").exists()
 
 
+def test_a_job_never_decides_where_files_are_written(tmp_path, server, catalogue, data_dir):
+    """classifier.model_dir is only read: a missing checkpoint there is exit 2 naming the file, the field
+    and the fetch command; nothing is created or downloaded, whether the folder exists or not."""
+    job, chosen = tmp_path / "job.yaml", tmp_path / "chosen"
+    absent, existing = tmp_path / "outside" / "deep" / "dir", tmp_path / "etc"
+    existing.mkdir()
+    for folder, command in ((absent, ["data", "fetch", "--job", str(job), "--no-progress"]),
+                            (existing, ["data", "fetch", "--job", str(job), "--no-progress"]),
+                            (existing, ["submit", str(job), "--address", "serial", "--results", str(tmp_path / "r"),
+                                        "--no-progress"])):
+        job.write_text(JOB.replace("classifier: resnet20", f"classifier: {{name: resnet20, model_dir: {folder}}}"))
+        result = invoke([*command, "--data-dir", str(data_dir), "--mirror", server.url], catalogue)
+        assert result.exit_code == 2, result.output
+        assert f"{job}: classifier.model_dir: {folder / RESNETS['resnet20']} missing" in result.output
+        assert "bench data fetch --what resnet20 --model-dir DIR" in result.output
+    assert not (tmp_path / "outside").exists() and list(existing.iterdir()) == []
+    assert sum(server.requests.values()) == 0 and not (tmp_path / "r").exists()
+
+    # fetched into a folder the user chose, the job's model_dir reads it
+    fetched = invoke(["data", "fetch", "--what", "resnet20", "--model-dir", str(chosen), "--data-dir", str(data_dir),
+                      "--mirror", server.url, "--no-progress"], catalogue)
+    assert fetched.exit_code == 0, fetched.output
+    job.write_text(JOB.replace("classifier: resnet20", f"classifier: {{name: resnet20, model_dir: {chosen}}}"))
+    check = invoke(["data", "check", "--job", str(job), "--data-dir", str(data_dir)], catalogue)
+    assert check.exit_code == 0 and "resnet20  verified" in check.output, check.output
+
+
 def test_the_check_runs_before_submission_for_a_cluster_address(tmp_path, catalogue):
     # HOST:PORT is a driver on the cluster (e.g. under `ray job submit`): its data is checked here,
     # before any connection to Ray (nothing listens on port 9).
