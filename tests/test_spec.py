@@ -207,6 +207,21 @@ def test_single_forward_autoattack_is_fine_where_it_is_valid(tmp_path, monkeypat
     assert [name for name, _, _ in spec.attack_cells()][2:] == ["aa-fab", "aa-apgd", "aa-obl"]
 
 
+@pytest.mark.parametrize("entry,field", [({"version": ["standard"]}, "attacks[2].version"),
+                                         ({"version": "custom", "attacks": [[1]]}, "attacks[2].attacks")])
+def test_the_protocol_is_judged_only_on_valid_parameters(tmp_path, monkeypatch, entry, field):
+    """An invalid AutoAttack value on a stochastic defense is one problem, named at its field: no
+    traceback from the protocol check, no protocol problem about a value already refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck.pth").touch()
+    data = mutate(lambda d: (d.update(backbones={"sde": {"type": "score-sde", "checkpoint": "ck.pth"}}),
+                             d["defenses"].append({"type": "diffpure", "backbone": "sde"}),
+                             d["attacks"].append({"type": "autoattack", **entry})))
+    with pytest.raises(JobSpecError) as info:
+        load_job(write(tmp_path / "j.yaml", data))
+    assert [p.field for p in info.value.problems] == [field], info.value
+
+
 def test_gradient_mode_not_offered(tmp_path, bpda_only):
     data = mutate(_append("defenses", "test-bpda-only"))
     data["attacks"][0]["gradient"] = "full"

@@ -113,8 +113,8 @@ class _Checker:
 
     def params(self, registry: Registry, name: str, obj: Any, params: dict[str, Any], field: str,
                fixed: tuple[str, ...] = (), inherited: dict[str, str] | None = None,
-               field_of: Callable[[str], str] | None = None) -> None:
-        """Unknown, missing and invalid parameters of one plugin entry.
+               field_of: Callable[[str], str] | None = None) -> bool:
+        """Unknown, missing and invalid parameters of one plugin entry; True when there are none.
 
         Args:
             inherited: Parameters not written in the entry but passed to the plugin, mapped to the
@@ -144,8 +144,10 @@ class _Checker:
             self.problems.add(where(missing[0]), f"{registry.kind} {name!r} needs parameter "
                               f"{', '.join(map(repr, missing))}; its parameters: {', '.join(accepted)}")
         known = {k: v for k, v in params.items() if k not in unknown}
-        for key, message in parameter_problems(obj, known, check_files=self.check_files, kind=registry.kind, name=name):
+        problems = parameter_problems(obj, known, check_files=self.check_files, kind=registry.kind, name=name)
+        for key, message in problems:
             self.problems.add(where(key), message, unless_reported=key in inherited)
+        return not (unknown or missing or problems)
 
     # -- sections ------------------------------------------------------------------------------
     def dataset(self) -> None:
@@ -279,7 +281,7 @@ class _Checker:
                 from_threat = {"norm": threat.norm, "eps": threat.eps}
             inherited = {k: f"threat.{k}" for k in from_threat if k not in entry.params}
             params = {**from_threat, **entry.params}
-            self.params(ATTACKS, entry.type, cls, params, field, _ATTACK_FIELDS, inherited=inherited)
+            valid = self.params(ATTACKS, entry.type, cls, params, field, _ATTACK_FIELDS, inherited=inherited)
             norm = entry.params.get("norm", self.s.norm)
             if "eps" in entry.params and (problem := eps_problem(norm, entry.params["eps"])):
                 self.problems.add(f"{field}.eps", problem)
@@ -297,7 +299,7 @@ class _Checker:
                                   f"allowed: {cls.forced_gradient}")
                 continue
             resolved = {"type": entry.type, "params": params}
-            for defense_name, config in cells:
+            for defense_name, config in cells:  # the protocol is judged on values that fit their declarations
                 if entry.defenses is not None and defense_name not in entry.defenses:
                     continue
                 try:
@@ -305,7 +307,7 @@ class _Checker:
                 except ValueError as exc:
                     self.problems.add(f"{field}.gradient", f"on defense {defense_name!r}: {exc}")
                     continue
-                problem = protocol_problem(config, resolved, entry.setting)
+                problem = protocol_problem(config, resolved, entry.setting) if valid else None
                 if problem:
                     self.problems.add(f"{field}.defenses", f"defense {defense_name!r} is stochastic: {problem}, "
                                       "or restrict this attack with `defenses: [<deterministic cells>]`")
