@@ -137,6 +137,27 @@ def test_a_modified_test_split_does_not_verify(tmp_path, test_split):
     assert state.status == "corrupt"
 
 
+def test_a_truncated_test_split_is_reported_as_damaged(tmp_path, server, catalogue, data_dir):
+    """A cut-off cifar10_test.npz (not a zip any more) is `corrupt` with the fetch command, exit 2
+    offline, a DatasetNotFoundError from the loader, and replaced by `bench data fetch`."""
+    npz = tmp_path / "cifar10_test.npz"
+    npz.write_bytes((data_dir / "cifar10_test.npz").read_bytes()[:100_000])
+    check = invoke(["data", "check", "--what", "cifar10", "--data-dir", str(tmp_path)], catalogue)
+    assert check.exit_code == 1 and isinstance(check.exception, SystemExit), repr(check.exception)
+    assert f"{npz} corrupt" in check.output and f"bench data fetch --what cifar10 --data-dir {tmp_path}" in check.output
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB)
+    offline = invoke(["submit", str(job), "--address", "serial", "--data-dir", str(tmp_path), "--results",
+                      str(tmp_path / "r"), "--offline"], catalogue)
+    assert offline.exit_code == 2 and isinstance(offline.exception, SystemExit), repr(offline.exception)
+    assert str(npz) in offline.output and "bench data fetch --what cifar10" in offline.output
+    with pytest.raises(DatasetNotFoundError, match="is damaged .*bench data fetch --what cifar10"):
+        len(CIFAR10(root=tmp_path))
+    fetched = invoke(["data", "fetch", "--what", "cifar10", "--data-dir", str(tmp_path), "--mirror", server.url,
+                      "--no-progress"], catalogue)
+    assert fetched.exit_code == 0 and "cifar10   verified" in fetched.output, fetched.output
+
+
 # -- fetching ---------------------------------------------------------------------------------------
 def test_fetch_into_an_empty_directory_then_a_job_runs(tmp_path, server, catalogue, release, test_split):
     data, results = tmp_path / "data", tmp_path / "results"
