@@ -439,11 +439,30 @@ def test_variables_expand_only_for_bench_prefix_and_the_env_list(tmp_path, monke
     (lambda d: d["attacks"][0].update(defenses=["${BENCH_X:-none}"]), "attacks[0].defenses[0]"),
     (lambda d: d.update(env=["${BENCH_X:-A}"]), "env[0]"),
     (lambda d: d.update(backbones={"${BENCH_X:-b}": {"type": "score-sde", "checkpoint": "c.pth"}}), "backbones.${BENCH_X:-b}"),
+    (lambda d: d["defenses"].append("${BENCH_X:-none}"), "defenses[2]"),
+    (lambda d: d["defenses"].append({"name": "c", "chain": ["${BENCH_X:-lowpass}"]}), "defenses[2].chain[0]"),
+    (lambda d: d["defenses"].append({"chain": [{"type": "diffpure", "backbone": "${BENCH_X:-b}"}]}),
+     "defenses[2].chain[0].backbone"),
+    (lambda d: d["defenses"].append({"type": "diffpure", "backbone": "${BENCH_X:-b}"}), "defenses[2].backbone"),
+    (lambda d: d.update(classifier="${BENCH_X:-resnet20}"), "classifier"),
+    (lambda d: d["attacks"].append("${BENCH_X:-pgd-eot}"), "attacks[2]"),
 ])
 def test_variables_are_never_expanded_in_names(tmp_path, change, field):
     with pytest.raises(JobSpecError) as info:
         load_job(write(tmp_path / "j.yaml", mutate(change)), check_files=False)
-    assert field in [p.field for p in info.value.problems], info.value
+    assert any(p.field == field and "${...}" in p.message for p in info.value.problems), info.value
+
+
+def test_variables_still_expand_in_plugin_parameters(tmp_path, monkeypatch):
+    """Only names and references are literal: a list-valued or inline-backbone parameter expands."""
+    monkeypatch.setenv("BENCH_TEST_CKPT", "c.pth")
+    monkeypatch.setenv("BENCH_TEST_CUTOFF", "10")
+    data = mutate(lambda d: d["defenses"].extend([
+        {"name": "lp10", "type": "lowpass", "cutoff": "${BENCH_TEST_CUTOFF}"},
+        {"type": "diffpure", "backbone": {"type": "score-sde", "checkpoint": "${BENCH_TEST_CKPT}"}}]))
+    cells = dict(load_job(write(tmp_path / "j.yaml", data), check_files=False).defense_cells())
+    assert cells["lp10"]["params"]["cutoff"] == 10
+    assert cells["diffpure"]["params"]["backbone"]["checkpoint"] == "c.pth"
 
 
 def test_record_keeps_references_unexpanded(tmp_path, monkeypatch):

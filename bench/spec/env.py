@@ -5,9 +5,11 @@ The rule:
 - a variable is expanded only if its name starts with ``BENCH_`` or the job lists it under
   ``env:`` (``env: [MY_CKPT_DIR]``); any other reference is an error naming the field, so a job file
   from elsewhere cannot read ``$HOME``, a token or a password into the run;
-- never in names: ``name`` and ``type`` (run, cells, backbones, classifier, dataset), an attack's
-  ``defenses:`` list, ``env:`` itself, ``derived_from`` and mapping keys. Names become folders, Ray task names and
-  row columns, so they are written literally;
+- never in names and plugin references: ``name`` and ``type`` (run, cells, backbones, classifier,
+  dataset), a defense or attack entry written as a bare string (its type), the parts of a ``chain:``,
+  ``classifier:`` written as a string, a defense's backbone reference (``backbone: sde``), an attack's
+  ``defenses:`` list, ``env:`` itself, ``derived_from`` and mapping keys. Names become folders, Ray task
+  names and row columns, and references choose the code that runs, so they are written literally;
 - an unset variable without a default is an error; a value made only of expanded text is typed the
   way YAML types it (``${SEED:-0}`` is the integer 0).
 
@@ -23,6 +25,7 @@ import re
 from typing import Any
 
 from bench.safe_yaml import YAMLInputError, field_path, load_yaml
+from bench.spec.cells import is_backbone_param
 from bench.spec.errors import Problems
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -50,14 +53,24 @@ def allowed_variables(data: dict[str, Any], problems: Problems) -> set[str]:
     return allowed
 
 
-def _is_name_field(where: tuple[Any, ...]) -> bool:
+def is_name_field(where: tuple[Any, ...]) -> bool:
+    """Whether the value at ``where`` (a path in the job document) is a name or a plugin reference,
+    written literally: never expanded, never read as a number (see the module doc)."""
     if not where:
         return False
-    if where[0] in ("env", "derived_from"):
+    head, last, depth = where[0], where[-1], len(where)
+    if head in ("env", "derived_from") or where == ("classifier",):
         return True
-    if len(where) >= 3 and where[0] == "attacks" and where[2] == "defenses":
-        return True
-    return isinstance(where[-1], str) and where[-1] in _NAME_KEYS
+    if head == "attacks" and (depth == 2 or (depth >= 3 and where[2] == "defenses")):
+        return True  # a bare-string attack entry is its type
+    if head == "defenses":
+        in_chain = depth >= 4 and where[2] == "chain"
+        entry_depth = 4 if in_chain else 2  # where[:entry_depth] is the entry (or chain part)
+        if depth == entry_depth:
+            return True  # a bare-string entry or chain part is its type
+        if depth == entry_depth + 1 and isinstance(last, str) and is_backbone_param(last):
+            return True  # backbone: <name of a backbones: entry>
+    return isinstance(last, str) and last in _NAME_KEYS
 
 
 def expand(value: Any, allowed: set[str], problems: Problems, where: tuple[Any, ...] = ()) -> Any:
@@ -78,8 +91,9 @@ def expand(value: Any, allowed: set[str], problems: Problems, where: tuple[Any, 
     if not isinstance(value, str) or "${" not in value:
         return value
     field = field_path(where)
-    if _is_name_field(where):
-        problems.add(field, f"{value!r}: ${{...}} is not expanded in names (name, type, an attack's defenses, env); "
+    if is_name_field(where):
+        problems.add(field, f"{value!r}: ${{...}} is not expanded in names and plugin references (name, type, bare "
+                     "entries, chain parts, the classifier, backbone references, an attack's defenses, env); "
                      "write the name literally", settle=True)
         return value
     if "${" in REFERENCE.sub("", value):
