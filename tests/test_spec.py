@@ -404,6 +404,27 @@ def test_safe_names_are_accepted(tmp_path, name):
     assert spec.name == name and spec.defense_cells()[1][0] == name
 
 
+@pytest.mark.parametrize("line,field,read_as", [
+    ("name: 1:30", "name", "int 90"), ("name: 010", "name", "int 8"), ("name: 2024", "name", "int 2024"),
+    ("name: yes", "name", "bool True"), ("defenses: [none, {type: lowpass, name: 1.10}]", "defenses[1].name", "float 1.1"),
+    ("attacks: [{type: pgd-eot, defenses: [010]}]", "attacks[0].defenses[0]", "int 8"),
+])
+def test_unquoted_numbers_are_not_names(tmp_path, line, field, read_as):
+    """YAML 1.1 rewrites these silently (1:30 is sexagesimal 90, 010 octal 8): a name must be quoted."""
+    rest = {k: v for k, v in GOOD.items() if k != line.split(":")[0]}
+    path = write(tmp_path / "j.yaml", yaml.safe_dump(rest, sort_keys=False) + line + "\n")
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    problem = next(p for p in info.value.problems if p.field == field)
+    assert f"YAML read this unquoted value as the {read_as}" in problem.message and "quote it" in problem.message
+
+
+def test_a_name_is_never_converted_to_a_number(tmp_path):
+    text = yaml.safe_dump({**GOOD, "name": "010"}, sort_keys=False).replace("name: lp", "name: 1e3")
+    spec = load_job(write(tmp_path / "j.yaml", text))
+    assert spec.name == "010" and spec.defense_cells()[1][0] == "1e3"
+
+
 @pytest.mark.parametrize("name,says", [
     ("../../x", "'/'"), ("/abs/path", "'/'"), ("a\\b", "'\\\\'"), (".hidden", "start with a letter or digit"),
     ("two\nlines", "'\\n'"), ("nul\0", "'\\x00'"), ("x" * 101, "101 characters"), ("with space", "' '"),

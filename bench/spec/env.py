@@ -25,14 +25,13 @@ import re
 from typing import Any
 
 from bench.safe_yaml import YAMLInputError, field_path, load_yaml
-from bench.spec.cells import is_backbone_param
 from bench.spec.errors import Problems
+from bench.spec.names import is_name_field
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 #: Variables with this prefix are always expanded.
 ALWAYS_PREFIX = "BENCH_"
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
-_NAME_KEYS = ("name", "type")
 
 
 def allowed_variables(data: dict[str, Any], problems: Problems) -> set[str]:
@@ -51,26 +50,6 @@ def allowed_variables(data: dict[str, Any], problems: Problems) -> set[str]:
             problems.add(f"env[{i}]", f"{name!r} is not an environment variable name (letters, digits, '_'; "
                          "not starting with a digit); write names, not ${...} references", settle=True)
     return allowed
-
-
-def is_name_field(where: tuple[Any, ...]) -> bool:
-    """Whether the value at ``where`` (a path in the job document) is a name or a plugin reference,
-    written literally: never expanded, never read as a number (see the module doc)."""
-    if not where:
-        return False
-    head, last, depth = where[0], where[-1], len(where)
-    if head in ("env", "derived_from") or where == ("classifier",):
-        return True
-    if head == "attacks" and (depth == 2 or (depth >= 3 and where[2] == "defenses")):
-        return True  # a bare-string attack entry is its type
-    if head == "defenses":
-        in_chain = depth >= 4 and where[2] == "chain"
-        entry_depth = 4 if in_chain else 2  # where[:entry_depth] is the entry (or chain part)
-        if depth == entry_depth:
-            return True  # a bare-string entry or chain part is its type
-        if depth == entry_depth + 1 and isinstance(last, str) and is_backbone_param(last):
-            return True  # backbone: <name of a backbones: entry>
-    return isinstance(last, str) and last in _NAME_KEYS
 
 
 def expand(value: Any, allowed: set[str], problems: Problems, where: tuple[Any, ...] = ()) -> Any:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -30,6 +31,16 @@ StrictInt = Annotated[int, Strict()]
 Number = Annotated[float, Strict()]  # strict: rejects booleans and strings (fractions are converted before)
 
 
+def _written_as_string(value: Any) -> Any:
+    """Refuse a name YAML read as a number or boolean: it would be silently rewritten (YAML 1.1 reads
+    ``1:30`` as 90, ``010`` as 8, ``1.10`` as 1.1, ``yes`` as true)."""
+    if isinstance(value, (bool, int, float)):
+        raise ValueError(f"a name must be a string, but YAML read this unquoted value as the {type(value).__name__} "
+                         f"{value!r} (it reads 1:30 as 90, 010 as 8, 1.10 as 1.1, yes as true); quote it as "
+                         "written, e.g. name: \"010\"")
+    return value
+
+
 def _safe_name(value: str) -> str:
     problem = name_problem(value)
     if problem:
@@ -37,13 +48,15 @@ def _safe_name(value: str) -> str:
     return value
 
 
+#: A name or reference written as a string (never a number YAML converted).
+StrictName = Annotated[str, BeforeValidator(_written_as_string)]
 #: A run, cell or backbone name (see :mod:`bench.spec.names`).
-SafeName = Annotated[str, AfterValidator(_safe_name)]
+SafeName = Annotated[StrictName, AfterValidator(_safe_name)]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class _Model(BaseModel):
-    # coerce_numbers_to_str: `name: 2024` is the name "2024"
+    # coerce_numbers_to_str: `split: 1` is the text "1" (names are StrictName: an unquoted number is refused)
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
@@ -182,7 +195,7 @@ class AttackSpec(_Model):
     name: SafeName | None = None
     gradient: Literal["full", "surrogate", "bpda"] | None = None
     setting: Literal["adaptive", "oblivious"] = "adaptive"
-    defenses: list[str] | None = None
+    defenses: list[StrictName] | None = None
     params: dict[str, Any] = {}
 
     @model_validator(mode="before")
