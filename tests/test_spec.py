@@ -534,6 +534,16 @@ def test_linf_eps_above_one_is_refused(tmp_path, norm, eps, problem):
     assert ("almost surely" in info.value.message) == (eps <= 255)
 
 
+def test_linf_eps_check_sees_the_merged_attack_parameters(tmp_path):
+    """An entry that switches to Linf but inherits an L2 eps gets the same check as a Linf threat."""
+    data = mutate(lambda d: (d.update(threat={"norm": "L2", "eps": 2}), d["attacks"][0].update(norm="Linf")))
+    with pytest.raises(JobSpecError) as info:
+        load_job(write(tmp_path / "j.yaml", data))
+    assert [p.field for p in info.value.problems] == ["attacks[0].norm"] and "threat.eps" in info.value.message
+    data["attacks"][0]["eps"] = "8/255"  # its own eps: fine
+    assert load_job(write(tmp_path / "j.yaml", data)).attack_cells()[0][2]["params"]["norm"] == "Linf"
+
+
 def test_all_problems_of_a_file_come_together(tmp_path):
     """Model errors in one section do not hide plugin errors in the others."""
     data = mutate(lambda d: (d["threat"].update(norm="L3"), d["defenses"][1].update(type="lowpas"),

@@ -264,6 +264,18 @@ class _Checker:
                 cells.append((name, resolve_defense(self.s, entry, field)))
         return cells
 
+    def merged_eps(self, entry: AttackSpec, field: str) -> None:
+        """The L-infinity eps check on what the attack receives: its own norm/eps over the threat's (an
+        entry that sets only ``norm: Linf`` inherits an eps meant for L2)."""
+        norm = entry.params.get("norm", self.s.norm)
+        if "eps" in entry.params:
+            if problem := eps_problem(norm, entry.params["eps"]):
+                self.problems.add(f"{field}.eps", problem)
+        elif "norm" in entry.params and self.s.threat is not None:
+            if problem := eps_problem(norm, self.s.threat.eps):
+                self.problems.add(f"{field}.norm", f"{problem} (eps {self.s.threat.eps:g} comes from threat.eps, given "
+                                  f"for norm {self.s.threat.norm}; give this entry its own eps)")
+
     def attacks(self, cells: list[tuple[str, dict[str, Any]]]) -> None:
         known = [n for n, _ in cells]
         threat = self.s.threat
@@ -282,9 +294,7 @@ class _Checker:
             inherited = {k: f"threat.{k}" for k in from_threat if k not in entry.params}
             params = {**from_threat, **entry.params}
             valid = self.params(ATTACKS, entry.type, cls, params, field, _ATTACK_FIELDS, inherited=inherited)
-            norm = entry.params.get("norm", self.s.norm)
-            if "eps" in entry.params and (problem := eps_problem(norm, entry.params["eps"])):
-                self.problems.add(f"{field}.eps", problem)
+            self.merged_eps(entry, field)
             if entry.defenses is not None and self.s.defenses_complete:
                 for j, target in enumerate(entry.defenses):
                     if target not in known:
