@@ -203,6 +203,14 @@ class AttackSpec(_Model):
     def _normalise(cls, data: Any) -> Any:
         return _extras_to_params(data, {"type", "name", "gradient", "setting", "defenses"}, name_field="type")
 
+    @field_validator("defenses")
+    @classmethod
+    def _some_defenses(cls, defenses: list[str] | None) -> list[str] | None:
+        if defenses is not None and not defenses:
+            raise ValueError("lists no defense cell, so the attack would run on nothing; name at least one, or "
+                             "remove `defenses:` to attack every defense cell")
+        return defenses
+
     def default_name(self) -> str:
         if self.name:
             return self.name
