@@ -341,10 +341,25 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _written_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """pydantic's ``loc`` as the user wrote it: without the ``params`` field where plugin parameters
+    are collected (written beside ``type``/``name``), nor the ``[key]`` marker of a mapping key
+    (``backbones: {<key>: ...}`` names the same field). A key the user wrote as ``params`` stays."""
+    written: list[Any] = []
+    for part in loc:
+        if part == "[key]":
+            continue
+        if part == "params":
+            owner = _model_at(tuple(written))
+            if owner is not None and "params" in owner.model_fields:
+                continue
+        written.append(part)
+    return tuple(written)
+
+
 def describe_error(error: dict[str, Any]) -> tuple[str, str]:
     """A pydantic error as ``(field, message with what is allowed)``."""
-    # "[key]" marks a mapping key in pydantic's loc (backbones: {<key>: ...}); it names the same field
-    loc = tuple(p for p in error["loc"] if p not in ("params", "[key]"))
+    loc = _written_loc(tuple(error["loc"]))
     field = field_path(loc)
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
