@@ -96,6 +96,31 @@ def rules_of(obj: Any) -> tuple[Rule, ...]:
     return tuple(getattr(obj, "param_rules", ()))
 
 
+KeywordResolver = Callable[[dict[str, Any]], "list[str] | None"]
+
+
+def forwarded_keywords(resolve: KeywordResolver) -> Callable[[Any], Any]:
+    """Decorator declaring what a plugin's ``**kwargs`` accept, so a misspelled one is refused when the
+    job is loaded instead of failing when the plugin is built.
+
+    Args:
+        resolve: Given the entry's parameters, the names ``**kwargs`` accepts (e.g. the keywords of the
+            architecture a checkpoint classifier names), or None when it cannot tell (any is accepted).
+    """
+
+    def attach(obj: Any) -> Any:
+        obj.forwarded_keywords = resolve
+        return obj
+
+    return attach
+
+
+def forwarded_keyword_names(obj: Any, params: dict[str, Any]) -> list[str] | None:
+    """What ``obj``'s ``**kwargs`` accept for ``params`` (:func:`forwarded_keywords`), or None: unknown."""
+    resolve = getattr(obj, "forwarded_keywords", None)
+    return None if resolve is None else resolve(params)
+
+
 @dataclass(frozen=True)
 class Param:
     """One declared keyword parameter of a plugin.

@@ -544,6 +544,23 @@ def test_linf_eps_check_sees_the_merged_attack_parameters(tmp_path):
     assert load_job(write(tmp_path / "j.yaml", data)).attack_cells()[0][2]["params"]["norm"] == "Linf"
 
 
+def test_checkpoint_classifier_keywords_are_the_architectures(tmp_path):
+    """A checkpoint classifier forwards extra keys to its architecture: they are checked against that
+    constructor's signature when the job is loaded (a typo once passed, then failed at submit)."""
+    def job(**params: Any) -> Path:
+        classifier = {"name": "checkpoint", "path": "m.pt", **params}
+        return write(tmp_path / "j.yaml", mutate(lambda d: d.update(classifier=classifier)))
+
+    spec = load_job(job(arch="wrn-28-10", depth=34, num_classes=10), check_files=False)
+    assert spec.classifier.params == {"path": "m.pt", "arch": "wrn-28-10", "depth": 34, "num_classes": 10}
+    with pytest.raises(JobSpecError) as info:
+        load_job(job(arch="resnet20", num_clases=10), check_files=False)
+    assert info.value.field == "classifier.num_clases" and "num_classes, mean, std" in info.value.message
+    with pytest.raises(JobSpecError) as info:
+        load_job(job(arch="resnet18", depth=34), check_files=False)
+    assert info.value.field == "classifier.depth"
+
+
 def test_all_problems_of_a_file_come_together(tmp_path):
     """Model errors in one section do not hide plugin errors in the others."""
     data = mutate(lambda d: (d["threat"].update(norm="L3"), d["defenses"][1].update(type="lowpas"),

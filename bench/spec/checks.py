@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from bench.params import parameter_problems
+from bench.params import forwarded_keyword_names, parameter_problems
 from bench.registry import ATTACKS, BACKBONES, CLASSIFIERS, DATASETS, DEFENSES, PluginError, Registry
 from bench.spec.cells import cell_gradient, is_backbone_param, protocol_problem, resolve_defense
 from bench.spec.errors import Problems
@@ -134,11 +134,15 @@ class _Checker:
             takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(obj).parameters.values())
         except (TypeError, ValueError):  # no introspectable signature: the registry's view decides
             takes_any = False
-        unknown = [] if takes_any else sorted(set(params) - set(accepted))
+        allowed = list(accepted)
+        forwarded = forwarded_keyword_names(obj, params) if takes_any else None
+        if forwarded is not None:  # **kwargs that declare what they take (a checkpoint's architecture)
+            takes_any, allowed = False, [*allowed, *forwarded]
+        unknown = [] if takes_any else sorted(set(params) - set(allowed))
         extra = f" (entry fields: {', '.join(fixed)})" if fixed else ""
         for key in unknown:
             self.problems.add(where(key), f"{registry.kind} {name!r} has no parameter {key!r}; "
-                              f"allowed: {', '.join(accepted) or '(none)'}{extra}")
+                              f"allowed: {', '.join(allowed) or '(none)'}{extra}")
         missing = [p.name for p in accepted.values() if p.default is p.empty and p.name not in params]
         if missing:
             self.problems.add(where(missing[0]), f"{registry.kind} {name!r} needs parameter "
