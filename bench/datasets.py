@@ -126,8 +126,15 @@ class CIFAR10:
         npz = self.root / self.NPZ_NAME
         tv_dir = self.root / self.TORCHVISION_DIR
         if self.split == "test" and npz.is_file():
-            with np.load(npz) as arrays:
-                x, y = arrays["x"], arrays["y"]
+            from bench.artifacts.cifar10_files import NPZ_READ_ERRORS
+
+            try:
+                with np.load(npz) as arrays:
+                    x, y = arrays["x"], arrays["y"]
+            except NPZ_READ_ERRORS as exc:
+                raise DatasetNotFoundError(
+                    f"{npz} is damaged ({type(exc).__name__}: {exc}). Fix: run `{self._fetch_command()}`, which "
+                    "replaces it with the verified test split") from None
             self.source = npz
         elif tv_dir.is_dir():
             x, y = self._load_torchvision(tv_dir)

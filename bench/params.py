@@ -96,6 +96,31 @@ def rules_of(obj: Any) -> tuple[Rule, ...]:
     return tuple(getattr(obj, "param_rules", ()))
 
 
+KeywordResolver = Callable[[dict[str, Any]], "list[str] | None"]
+
+
+def forwarded_keywords(resolve: KeywordResolver) -> Callable[[Any], Any]:
+    """Decorator declaring what a plugin's ``**kwargs`` accept, so a misspelled one is refused when the
+    job is loaded instead of failing when the plugin is built.
+
+    Args:
+        resolve: Given the entry's parameters, the names ``**kwargs`` accepts (e.g. the keywords of the
+            architecture a checkpoint classifier names), or None when it cannot tell (any is accepted).
+    """
+
+    def attach(obj: Any) -> Any:
+        obj.forwarded_keywords = resolve
+        return obj
+
+    return attach
+
+
+def forwarded_keyword_names(obj: Any, params: dict[str, Any]) -> list[str] | None:
+    """What ``obj``'s ``**kwargs`` accept for ``params`` (:func:`forwarded_keywords`), or None: unknown."""
+    resolve = getattr(obj, "forwarded_keywords", None)
+    return None if resolve is None else resolve(params)
+
+
 @dataclass(frozen=True)
 class Param:
     """One declared keyword parameter of a plugin.
@@ -188,12 +213,32 @@ def _path_markers(hint: Any) -> list[ExistingPath]:
     return [m for arg in typing.get_args(hint) for m in _path_markers(arg)]
 
 
+def user_path(value: str) -> Path:
+    """``value`` as a path with ``~`` / ``~user`` expanded.
+
+    Raises:
+        ValueError: a sentence saying why no path can be formed from ``value`` (a NUL byte, or a
+            ``~user`` whose home directory is unknown), for messages that name the field.
+    """
+    if "\0" in value:
+        raise ValueError(f"{value!r} contains a NUL byte, which no path can hold")
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        user = value[1:].split("/", 1)[0]
+        who = f"user {user!r}" if user else "this user"
+        raise ValueError(f"{value!r} starts with '~', but {who} has no home directory here") from None
+
+
 def path_problem(hint: Any, value: Any) -> str | None:
     """For a string declared with :class:`ExistingPath`: why it does not exist, or None."""
     markers = _path_markers(hint) if isinstance(value, str) else []
     if not markers:
         return None
-    path = Path(value).expanduser()
+    try:
+        path = user_path(value)
+    except ValueError as exc:
+        return f"{markers[0].what} {exc}"
     if any(path.is_file() if m.kind == "file" else path.is_dir() for m in markers):
         return None
     where = "" if path.is_absolute() else f" (resolved to {path.resolve()})"

@@ -137,6 +137,27 @@ def test_a_modified_test_split_does_not_verify(tmp_path, test_split):
     assert state.status == "corrupt"
 
 
+def test_a_truncated_test_split_is_reported_as_damaged(tmp_path, server, catalogue, data_dir):
+    """A cut-off cifar10_test.npz (not a zip any more) is `corrupt` with the fetch command, exit 2
+    offline, a DatasetNotFoundError from the loader, and replaced by `bench data fetch`."""
+    npz = tmp_path / "cifar10_test.npz"
+    npz.write_bytes((data_dir / "cifar10_test.npz").read_bytes()[:100_000])
+    check = invoke(["data", "check", "--what", "cifar10", "--data-dir", str(tmp_path)], catalogue)
+    assert check.exit_code == 1 and isinstance(check.exception, SystemExit), repr(check.exception)
+    assert f"{npz} corrupt" in check.output and f"bench data fetch --what cifar10 --data-dir {tmp_path}" in check.output
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB)
+    offline = invoke(["submit", str(job), "--address", "serial", "--data-dir", str(tmp_path), "--results",
+                      str(tmp_path / "r"), "--offline"], catalogue)
+    assert offline.exit_code == 2 and isinstance(offline.exception, SystemExit), repr(offline.exception)
+    assert str(npz) in offline.output and "bench data fetch --what cifar10" in offline.output
+    with pytest.raises(DatasetNotFoundError, match="is damaged .*bench data fetch --what cifar10"):
+        len(CIFAR10(root=tmp_path))
+    fetched = invoke(["data", "fetch", "--what", "cifar10", "--data-dir", str(tmp_path), "--mirror", server.url,
+                      "--no-progress"], catalogue)
+    assert fetched.exit_code == 0 and "cifar10   verified" in fetched.output, fetched.output
+
+
 # -- fetching ---------------------------------------------------------------------------------------
 def test_fetch_into_an_empty_directory_then_a_job_runs(tmp_path, server, catalogue, release, test_split):
     data, results = tmp_path / "data", tmp_path / "results"
@@ -263,6 +284,33 @@ def test_offline_with_a_missing_file_exits_2_naming_it(tmp_path, server, catalog
     assert str(data / "cifar10_test.npz") in result.output and str(data / "weights" / RESNETS["resnet20"]) in result.output
     assert f"bench data fetch --what cifar10,resnet20 --data-dir {data}" in result.output
     assert sum(server.requests.values()) == 0 and not (tmp_path / "r").exists()
+
+
+def test_a_job_never_decides_where_files_are_written(tmp_path, server, catalogue, data_dir):
+    """classifier.model_dir is only read: a missing checkpoint there is exit 2 naming the file, the field
+    and the fetch command; nothing is created or downloaded, whether the folder exists or not."""
+    job, chosen = tmp_path / "job.yaml", tmp_path / "chosen"
+    absent, existing = tmp_path / "outside" / "deep" / "dir", tmp_path / "etc"
+    existing.mkdir()
+    for folder, command in ((absent, ["data", "fetch", "--job", str(job), "--no-progress"]),
+                            (existing, ["data", "fetch", "--job", str(job), "--no-progress"]),
+                            (existing, ["submit", str(job), "--address", "serial", "--results", str(tmp_path / "r"),
+                                        "--no-progress"])):
+        job.write_text(JOB.replace("classifier: resnet20", f"classifier: {{name: resnet20, model_dir: {folder}}}"))
+        result = invoke([*command, "--data-dir", str(data_dir), "--mirror", server.url], catalogue)
+        assert result.exit_code == 2, result.output
+        assert f"{job}: classifier.model_dir: {folder / RESNETS['resnet20']} missing" in result.output
+        assert "bench data fetch --what resnet20 --model-dir DIR" in result.output
+    assert not (tmp_path / "outside").exists() and list(existing.iterdir()) == []
+    assert sum(server.requests.values()) == 0 and not (tmp_path / "r").exists()
+
+    # fetched into a folder the user chose, the job's model_dir reads it
+    fetched = invoke(["data", "fetch", "--what", "resnet20", "--model-dir", str(chosen), "--data-dir", str(data_dir),
+                      "--mirror", server.url, "--no-progress"], catalogue)
+    assert fetched.exit_code == 0, fetched.output
+    job.write_text(JOB.replace("classifier: resnet20", f"classifier: {{name: resnet20, model_dir: {chosen}}}"))
+    check = invoke(["data", "check", "--job", str(job), "--data-dir", str(data_dir)], catalogue)
+    assert check.exit_code == 0 and "resnet20  verified" in check.output, check.output
 
 
 def test_the_check_runs_before_submission_for_a_cluster_address(tmp_path, catalogue):

@@ -207,6 +207,21 @@ def test_single_forward_autoattack_is_fine_where_it_is_valid(tmp_path, monkeypat
     assert [name for name, _, _ in spec.attack_cells()][2:] == ["aa-fab", "aa-apgd", "aa-obl"]
 
 
+@pytest.mark.parametrize("entry,field", [({"version": ["standard"]}, "attacks[2].version"),
+                                         ({"version": "custom", "attacks": [[1]]}, "attacks[2].attacks")])
+def test_the_protocol_is_judged_only_on_valid_parameters(tmp_path, monkeypatch, entry, field):
+    """An invalid AutoAttack value on a stochastic defense is one problem, named at its field: no
+    traceback from the protocol check, no protocol problem about a value already refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck.pth").touch()
+    data = mutate(lambda d: (d.update(backbones={"sde": {"type": "score-sde", "checkpoint": "ck.pth"}}),
+                             d["defenses"].append({"type": "diffpure", "backbone": "sde"}),
+                             d["attacks"].append({"type": "autoattack", **entry})))
+    with pytest.raises(JobSpecError) as info:
+        load_job(write(tmp_path / "j.yaml", data))
+    assert [p.field for p in info.value.problems] == [field], info.value
+
+
 def test_gradient_mode_not_offered(tmp_path, bpda_only):
     data = mutate(_append("defenses", "test-bpda-only"))
     data["attacks"][0]["gradient"] = "full"
@@ -389,6 +404,27 @@ def test_safe_names_are_accepted(tmp_path, name):
     assert spec.name == name and spec.defense_cells()[1][0] == name
 
 
+@pytest.mark.parametrize("line,field,read_as", [
+    ("name: 1:30", "name", "int 90"), ("name: 010", "name", "int 8"), ("name: 2024", "name", "int 2024"),
+    ("name: yes", "name", "bool True"), ("defenses: [none, {type: lowpass, name: 1.10}]", "defenses[1].name", "float 1.1"),
+    ("attacks: [{type: pgd-eot, defenses: [010]}]", "attacks[0].defenses[0]", "int 8"),
+])
+def test_unquoted_numbers_are_not_names(tmp_path, line, field, read_as):
+    """YAML 1.1 rewrites these silently (1:30 is sexagesimal 90, 010 octal 8): a name must be quoted."""
+    rest = {k: v for k, v in GOOD.items() if k != line.split(":")[0]}
+    path = write(tmp_path / "j.yaml", yaml.safe_dump(rest, sort_keys=False) + line + "\n")
+    with pytest.raises(JobSpecError) as info:
+        load_job(path)
+    problem = next(p for p in info.value.problems if p.field == field)
+    assert f"YAML read this unquoted value as the {read_as}" in problem.message and "quote it" in problem.message
+
+
+def test_a_name_is_never_converted_to_a_number(tmp_path):
+    text = yaml.safe_dump({**GOOD, "name": "010"}, sort_keys=False).replace("name: lp", "name: 1e3")
+    spec = load_job(write(tmp_path / "j.yaml", text))
+    assert spec.name == "010" and spec.defense_cells()[1][0] == "1e3"
+
+
 @pytest.mark.parametrize("name,says", [
     ("../../x", "'/'"), ("/abs/path", "'/'"), ("a\\b", "'\\\\'"), (".hidden", "start with a letter or digit"),
     ("two\nlines", "'\\n'"), ("nul\0", "'\\x00'"), ("x" * 101, "101 characters"), ("with space", "' '"),
@@ -424,11 +460,30 @@ def test_variables_expand_only_for_bench_prefix_and_the_env_list(tmp_path, monke
     (lambda d: d["attacks"][0].update(defenses=["${BENCH_X:-none}"]), "attacks[0].defenses[0]"),
     (lambda d: d.update(env=["${BENCH_X:-A}"]), "env[0]"),
     (lambda d: d.update(backbones={"${BENCH_X:-b}": {"type": "score-sde", "checkpoint": "c.pth"}}), "backbones.${BENCH_X:-b}"),
+    (lambda d: d["defenses"].append("${BENCH_X:-none}"), "defenses[2]"),
+    (lambda d: d["defenses"].append({"name": "c", "chain": ["${BENCH_X:-lowpass}"]}), "defenses[2].chain[0]"),
+    (lambda d: d["defenses"].append({"chain": [{"type": "diffpure", "backbone": "${BENCH_X:-b}"}]}),
+     "defenses[2].chain[0].backbone"),
+    (lambda d: d["defenses"].append({"type": "diffpure", "backbone": "${BENCH_X:-b}"}), "defenses[2].backbone"),
+    (lambda d: d.update(classifier="${BENCH_X:-resnet20}"), "classifier"),
+    (lambda d: d["attacks"].append("${BENCH_X:-pgd-eot}"), "attacks[2]"),
 ])
 def test_variables_are_never_expanded_in_names(tmp_path, change, field):
     with pytest.raises(JobSpecError) as info:
         load_job(write(tmp_path / "j.yaml", mutate(change)), check_files=False)
-    assert field in [p.field for p in info.value.problems], info.value
+    assert any(p.field == field and "${...}" in p.message for p in info.value.problems), info.value
+
+
+def test_variables_still_expand_in_plugin_parameters(tmp_path, monkeypatch):
+    """Only names and references are literal: a list-valued or inline-backbone parameter expands."""
+    monkeypatch.setenv("BENCH_TEST_CKPT", "c.pth")
+    monkeypatch.setenv("BENCH_TEST_CUTOFF", "10")
+    data = mutate(lambda d: d["defenses"].extend([
+        {"name": "lp10", "type": "lowpass", "cutoff": "${BENCH_TEST_CUTOFF}"},
+        {"type": "diffpure", "backbone": {"type": "score-sde", "checkpoint": "${BENCH_TEST_CKPT}"}}]))
+    cells = dict(load_job(write(tmp_path / "j.yaml", data), check_files=False).defense_cells())
+    assert cells["lp10"]["params"]["cutoff"] == 10
+    assert cells["diffpure"]["params"]["backbone"]["checkpoint"] == "c.pth"
 
 
 def test_record_keeps_references_unexpanded(tmp_path, monkeypatch):
@@ -477,6 +532,33 @@ def test_linf_eps_above_one_is_refused(tmp_path, norm, eps, problem):
         load_job(path)
     assert info.value.field == "threat.eps" and problem in info.value.message
     assert ("almost surely" in info.value.message) == (eps <= 255)
+
+
+def test_linf_eps_check_sees_the_merged_attack_parameters(tmp_path):
+    """An entry that switches to Linf but inherits an L2 eps gets the same check as a Linf threat."""
+    data = mutate(lambda d: (d.update(threat={"norm": "L2", "eps": 2}), d["attacks"][0].update(norm="Linf")))
+    with pytest.raises(JobSpecError) as info:
+        load_job(write(tmp_path / "j.yaml", data))
+    assert [p.field for p in info.value.problems] == ["attacks[0].norm"] and "threat.eps" in info.value.message
+    data["attacks"][0]["eps"] = "8/255"  # its own eps: fine
+    assert load_job(write(tmp_path / "j.yaml", data)).attack_cells()[0][2]["params"]["norm"] == "Linf"
+
+
+def test_checkpoint_classifier_keywords_are_the_architectures(tmp_path):
+    """A checkpoint classifier forwards extra keys to its architecture: they are checked against that
+    constructor's signature when the job is loaded (a typo once passed, then failed at submit)."""
+    def job(**params: Any) -> Path:
+        classifier = {"name": "checkpoint", "path": "m.pt", **params}
+        return write(tmp_path / "j.yaml", mutate(lambda d: d.update(classifier=classifier)))
+
+    spec = load_job(job(arch="wrn-28-10", depth=34, num_classes=10), check_files=False)
+    assert spec.classifier.params == {"path": "m.pt", "arch": "wrn-28-10", "depth": 34, "num_classes": 10}
+    with pytest.raises(JobSpecError) as info:
+        load_job(job(arch="resnet20", num_clases=10), check_files=False)
+    assert info.value.field == "classifier.num_clases" and "num_classes, mean, std" in info.value.message
+    with pytest.raises(JobSpecError) as info:
+        load_job(job(arch="resnet18", depth=34), check_files=False)
+    assert info.value.field == "classifier.depth"
 
 
 def test_all_problems_of_a_file_come_together(tmp_path):

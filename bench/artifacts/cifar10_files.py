@@ -22,10 +22,16 @@ import os
 import shutil
 import tarfile
 import uuid
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Sequence
 
 import numpy as np
+
+
+#: What ``np.load`` of a damaged ``.npz`` raises: not a zip or truncated (``BadZipFile``), a damaged
+#: member (``ValueError``, ``EOFError``, ``OSError``), an array missing (``KeyError``).
+NPZ_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 class ArchiveError(Exception):
@@ -96,7 +102,7 @@ def npz_records_md5(path: Path) -> str:
     try:
         with np.load(path) as arrays:
             x, y = arrays["x"], arrays["y"]
-    except (OSError, ValueError, KeyError):  # not a zip, a truncated zip, a missing array
+    except NPZ_READ_ERRORS:
         return ""
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or y.shape != (len(x),):
         return ""

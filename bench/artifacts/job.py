@@ -8,6 +8,12 @@ A job needs, from the catalogue (``bench.artifacts.catalogue``):
   without a ``checkpoint:`` of its own: in the classifier's ``model_dir:`` if the job sets one, else in
   the layout's weights folder (``--model-dir``, or ``<data dir>/weights``), where the loader looks.
 
+Nothing a job says decides where bench writes: files are fetched only into the folders chosen on the
+command line or in the environment (``--data-dir``, ``--model-dir``, ``$BENCH_DATA_DIR``,
+``$BENCH_MODEL_DIR``, the defaults). A folder the job names itself (``classifier.model_dir``) is only
+read: a file missing there, or not verifying, is a :class:`JobFolderError` naming the file, the field and
+the command that fetches it into a folder the user chooses.
+
 Everything else a job reads (user checkpoints, RobustBench zoo files, diffusion backbones) is checked
 by building it once on the driver (``bench.api.submit``), not fetched from the catalogue.
 
@@ -34,6 +40,11 @@ from bench.artifacts.policy import FetchOptions
 if TYPE_CHECKING:
     from bench.spec import JobSpec
 
+
+class JobFolderError(FileNotFoundError):
+    """A file the job reads from a folder it names itself is missing or does not verify (bench never
+    writes there); exit code 2 in the CLI."""
+
 Log = Callable[[str], None]
 
 #: dataset plugin name -> catalogue artifact holding its files
@@ -49,12 +60,15 @@ class Need:
         layout: Where the job's plugins look for it.
         split: The CIFAR-10 split read (``test``/``train``); None for a checkpoint.
         reason: For messages, e.g. ``classifier resnet20`` ("" when asked for by name).
+        named_by: ``"<job file>: classifier.model_dir"`` when the job itself names the folder: then the
+            files are only checked there, never fetched into it. "" for folders the user chose.
     """
 
     artifact: Artifact
     layout: DataLayout
     split: str | None
     reason: str
+    named_by: str = ""
 
     def state(self) -> ArtifactState:
         """What of the artifact is on disk now (verifies the files)."""
@@ -63,6 +77,15 @@ class Need:
     def ready(self) -> bool:
         """The files the job reads are present and verified."""
         return self.state().ready_for(self.split)
+
+    def not_fetched_message(self) -> str:
+        """For a need whose folder the job names: what is wrong there and how to fetch it elsewhere."""
+        state = self.state()
+        name = self.artifact.name
+        return (f"{self.named_by}: {'; '.join(state.summary())}. bench fetches files only into folders chosen on the "
+                f"command line or in the environment, never into one a job names. Fix: run `bench data fetch --what "
+                f"{name} --model-dir DIR` with a folder DIR of your choice and set model_dir to DIR, or remove "
+                "model_dir from the job to use --model-dir / $BENCH_MODEL_DIR / <data dir>/weights")
 
 
 def job_needs(spec: "JobSpec", layout: DataLayout, catalogue: Catalogue | None = None) -> list[Need]:
@@ -85,19 +108,39 @@ def job_needs(spec: "JobSpec", layout: DataLayout, catalogue: Catalogue | None =
     if name in catalogue.names() and catalogue.get(name).kind == "checkpoint" \
             and params.get("checkpoint") is None and params.get("pretrained", True):
         own_dir = params.get("model_dir")
-        where = layout if own_dir is None else DataLayout(layout.root, Path(own_dir).expanduser())
-        needs.append(Need(catalogue.get(name), where, None, f"classifier {name}"))
+        if own_dir is None:
+            needs.append(Need(catalogue.get(name), layout, None, f"classifier {name}"))
+        else:
+            needs.append(Need(catalogue.get(name), DataLayout(layout.root, _job_folder(spec, own_dir)), None,
+                              f"classifier {name}", named_by=f"{spec.path}: classifier.model_dir"))
     return needs
+
+
+def _job_folder(spec: "JobSpec", value: object) -> Path:
+    from bench.params import user_path
+    from bench.spec import JobSpecError
+
+    try:
+        return user_path(str(value))
+    except ValueError as exc:  # loaded without file checks (`bench data fetch --job`): reported here
+        raise JobSpecError(spec.path, "classifier.model_dir", str(exc)) from None
 
 
 def prepare(needs: list[Need], options: FetchOptions, *, log: Log = lambda message: None) -> list[ArtifactState]:
     """Make every need ready: fetch what is missing, or, offline, fail listing all of it at once.
 
+    A need whose folder the job names (:attr:`Need.named_by`) is never fetched: when it is not ready,
+    :class:`JobFolderError` is raised before anything is downloaded.
+
     Raises:
+        JobFolderError: a file is missing or does not verify in a folder the job names (exit code 2).
         bench.artifacts.install.OfflineError: offline and something needs a download (exit code 2 in the CLI).
         bench.artifacts.download.DownloadError: a download failed.
     """
     pending = [need for need in needs if not need.ready()]
+    unfetchable = [need.not_fetched_message() for need in pending if need.named_by]
+    if unfetchable:
+        raise JobFolderError("\n".join(unfetchable))
     if options.offline:
         for layout in dict.fromkeys(need.layout for need in pending):
             group = [need for need in pending if need.layout == layout]

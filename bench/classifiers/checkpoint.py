@@ -9,38 +9,40 @@ opts in to unpickling code with ``weights_only=False``, and must fit the archite
 from __future__ import annotations
 
 import difflib
-import typing
+import functools
+import inspect
 import os
+import typing
 from typing import Any, Callable, Literal
 
 from torch import nn
 
 from bench.classifiers.autoattack_resnet18 import ResNet18
 from bench.classifiers.resnet_cifar import DEPTHS, ResNetCIFAR, load_weights
-from bench.params import CheckpointFile
+from bench.params import CheckpointFile, forwarded_keywords
 from bench.registry import CLASSIFIERS, PluginError
 
 
-def _wide_resnet(depth: int = 28, widen_factor: int = 10, num_classes: int = 10, **kwargs: Any) -> nn.Module:
-    """RobustBench's WideResNet (Zagoruyko & Komodakis 2016, arXiv:1605.07146), inputs in [0,1]."""
+def _wide_resnet(depth: int = 28, widen_factor: int = 10, num_classes: int = 10, sub_block1: bool = False,
+                 dropRate: float = 0.0, bias_last: bool = True) -> nn.Module:  # noqa: N803 - robustbench's name
+    """RobustBench's WideResNet (Zagoruyko & Komodakis 2016, arXiv:1605.07146), inputs in [0,1]; its
+    keywords are spelt out so a job's misspelled one is refused when the job is loaded."""
     from bench.compat import ensure_robustbench
 
     ensure_robustbench()
     from robustbench.model_zoo.architectures.wide_resnet import WideResNet
 
-    return WideResNet(depth=depth, widen_factor=widen_factor, num_classes=num_classes, **kwargs)
+    return WideResNet(depth=depth, widen_factor=widen_factor, num_classes=num_classes, sub_block1=sub_block1,
+                      dropRate=dropRate, bias_last=bias_last)
 
 
-def _cifar_resnet(n: int) -> Callable[..., nn.Module]:
-    return lambda **kwargs: ResNetCIFAR(n, **kwargs)
-
-
-#: Architecture name -> constructor taking the architecture's keyword arguments.
+#: Architecture name -> constructor taking the architecture's keyword arguments (an explicit
+#: signature: :func:`architecture_keywords` reads it to check a job's keywords).
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    **{name: _cifar_resnet(n) for name, n in DEPTHS.items()},
+    **{name: functools.partial(ResNetCIFAR, n) for name, n in DEPTHS.items()},
     "resnet18": ResNet18,
     "autoattack-resnet18": ResNet18,
-    "wrn-28-10": lambda **kwargs: _wide_resnet(**{"depth": 28, "widen_factor": 10, **kwargs}),
+    "wrn-28-10": functools.partial(_wide_resnet, depth=28, widen_factor=10),
     "wide-resnet": _wide_resnet,
 }
 
@@ -60,6 +62,17 @@ def build_architecture(arch: str, **arch_kwargs: Any) -> nn.Module:
     return ARCHITECTURES[arch](**arch_kwargs)
 
 
+def architecture_keywords(params: dict[str, Any]) -> list[str] | None:
+    """The keyword arguments the architecture ``params["arch"]`` takes; None for an unknown one
+    (reported as such by the job checks)."""
+    constructor = ARCHITECTURES.get(params.get("arch")) if isinstance(params.get("arch"), str) else None
+    if constructor is None:
+        return None
+    return [p.name for p in inspect.signature(constructor).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+@forwarded_keywords(architecture_keywords)
 def checkpoint_model(path: CheckpointFile | os.PathLike, arch: Architecture, weights_only: bool = True,
                      **arch_kwargs: Any) -> nn.Module:
     """Build ``arch`` and load ``path`` into it strictly; the network is returned in eval mode.

@@ -123,7 +123,8 @@ def data_group() -> None:
     """Public data jobs read: CIFAR-10 and the akamaster ResNet weights, fetched and verified.
 
     Files go to the data directory (--data-dir > $BENCH_DATA_DIR > ~/.cache/bench/data); checkpoints to
-    its weights/ folder (or --model-dir).
+    its weights/ folder (or --model-dir). Never to a folder a job names (classifier model_dir): that is
+    only checked.
     """
 
 
@@ -171,14 +172,20 @@ def check_cmd(what: str | None, job: str | None, data_dir: str | None, model_dir
     """
     base = mirror_url(mirror)
     layout, needs = _selection(what, job, data_dir, model_dir)
-    unready = []
+    unready, failed = [], False
     for need in needs:
         state = need.state()
         word = status_word(state, need.split)
         click.echo(f"{need.artifact.name:<9} {word:<9} {describe(state)}")
-        if word not in ("verified", "ready"):
-            unready.append(need.artifact)
-            click.echo(f"{'':<20}download: {need.artifact.source_url(base)} ({human_size(need.artifact.size)})")
+        if word in ("verified", "ready"):
+            continue
+        failed = True
+        if need.named_by:  # the job's own folder: never fetched into (bench.artifacts.job)
+            click.echo(need.not_fetched_message(), err=True)
+            continue
+        unready.append(need.artifact)
+        click.echo(f"{'':<20}download: {need.artifact.source_url(base)} ({human_size(need.artifact.size)})")
     if unready:
         click.echo(f"fetch with: {fetch_command(unready, layout)}", err=True)
+    if failed:
         raise click.exceptions.Exit(1)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from bench.registry import ATTACKS, DEFENSES
 from bench.spec.errors import JobSpecError
 from bench.spec.models import AttackSpec, BackboneSpec, DefenseSpec
+from bench.spec.names import is_backbone_param
 
 #: Name of the attack cell of a job with ``attacks: []`` (clean accuracy only).
 CLEAN_CELL = "clean"
@@ -24,11 +25,6 @@ CLEAN_CELL = "clean"
 class _HasBackbones(Protocol):
     backbones: dict[str, BackboneSpec]
     path: str
-
-
-def is_backbone_param(key: str) -> bool:
-    """A defense parameter called ``backbone`` (or ending in ``_backbone``) names a backbone."""
-    return key == "backbone" or key.endswith("_backbone")
 
 
 def resolve_defense(spec: _HasBackbones, entry: DefenseSpec, field: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from bench.params import parameter_problems
+from bench.params import forwarded_keyword_names, parameter_problems
 from bench.registry import ATTACKS, BACKBONES, CLASSIFIERS, DATASETS, DEFENSES, PluginError, Registry
 from bench.spec.cells import cell_gradient, is_backbone_param, protocol_problem, resolve_defense
 from bench.spec.errors import Problems
@@ -113,8 +113,8 @@ class _Checker:
 
     def params(self, registry: Registry, name: str, obj: Any, params: dict[str, Any], field: str,
                fixed: tuple[str, ...] = (), inherited: dict[str, str] | None = None,
-               field_of: Callable[[str], str] | None = None) -> None:
-        """Unknown, missing and invalid parameters of one plugin entry.
+               field_of: Callable[[str], str] | None = None) -> bool:
+        """Unknown, missing and invalid parameters of one plugin entry; True when there are none.
 
         Args:
             inherited: Parameters not written in the entry but passed to the plugin, mapped to the
@@ -134,18 +134,24 @@ class _Checker:
             takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(obj).parameters.values())
         except (TypeError, ValueError):  # no introspectable signature: the registry's view decides
             takes_any = False
-        unknown = [] if takes_any else sorted(set(params) - set(accepted))
+        allowed = list(accepted)
+        forwarded = forwarded_keyword_names(obj, params) if takes_any else None
+        if forwarded is not None:  # **kwargs that declare what they take (a checkpoint's architecture)
+            takes_any, allowed = False, [*allowed, *forwarded]
+        unknown = [] if takes_any else sorted(set(params) - set(allowed))
         extra = f" (entry fields: {', '.join(fixed)})" if fixed else ""
         for key in unknown:
             self.problems.add(where(key), f"{registry.kind} {name!r} has no parameter {key!r}; "
-                              f"allowed: {', '.join(accepted) or '(none)'}{extra}")
+                              f"allowed: {', '.join(allowed) or '(none)'}{extra}")
         missing = [p.name for p in accepted.values() if p.default is p.empty and p.name not in params]
         if missing:
             self.problems.add(where(missing[0]), f"{registry.kind} {name!r} needs parameter "
                               f"{', '.join(map(repr, missing))}; its parameters: {', '.join(accepted)}")
         known = {k: v for k, v in params.items() if k not in unknown}
-        for key, message in parameter_problems(obj, known, check_files=self.check_files, kind=registry.kind, name=name):
+        problems = parameter_problems(obj, known, check_files=self.check_files, kind=registry.kind, name=name)
+        for key, message in problems:
             self.problems.add(where(key), message, unless_reported=key in inherited)
+        return not (unknown or missing or problems)
 
     # -- sections ------------------------------------------------------------------------------
     def dataset(self) -> None:
@@ -262,6 +268,18 @@ class _Checker:
                 cells.append((name, resolve_defense(self.s, entry, field)))
         return cells
 
+    def merged_eps(self, entry: AttackSpec, field: str) -> None:
+        """The L-infinity eps check on what the attack receives: its own norm/eps over the threat's (an
+        entry that sets only ``norm: Linf`` inherits an eps meant for L2)."""
+        norm = entry.params.get("norm", self.s.norm)
+        if "eps" in entry.params:
+            if problem := eps_problem(norm, entry.params["eps"]):
+                self.problems.add(f"{field}.eps", problem)
+        elif "norm" in entry.params and self.s.threat is not None:
+            if problem := eps_problem(norm, self.s.threat.eps):
+                self.problems.add(f"{field}.norm", f"{problem} (eps {self.s.threat.eps:g} comes from threat.eps, given "
+                                  f"for norm {self.s.threat.norm}; give this entry its own eps)")
+
     def attacks(self, cells: list[tuple[str, dict[str, Any]]]) -> None:
         known = [n for n, _ in cells]
         threat = self.s.threat
@@ -279,10 +297,8 @@ class _Checker:
                 from_threat = {"norm": threat.norm, "eps": threat.eps}
             inherited = {k: f"threat.{k}" for k in from_threat if k not in entry.params}
             params = {**from_threat, **entry.params}
-            self.params(ATTACKS, entry.type, cls, params, field, _ATTACK_FIELDS, inherited=inherited)
-            norm = entry.params.get("norm", self.s.norm)
-            if "eps" in entry.params and (problem := eps_problem(norm, entry.params["eps"])):
-                self.problems.add(f"{field}.eps", problem)
+            valid = self.params(ATTACKS, entry.type, cls, params, field, _ATTACK_FIELDS, inherited=inherited)
+            self.merged_eps(entry, field)
             if entry.defenses is not None and self.s.defenses_complete:
                 for j, target in enumerate(entry.defenses):
                     if target not in known:
@@ -297,7 +313,7 @@ class _Checker:
                                   f"allowed: {cls.forced_gradient}")
                 continue
             resolved = {"type": entry.type, "params": params}
-            for defense_name, config in cells:
+            for defense_name, config in cells:  # the protocol is judged on values that fit their declarations
                 if entry.defenses is not None and defense_name not in entry.defenses:
                     continue
                 try:
@@ -305,7 +321,7 @@ class _Checker:
                 except ValueError as exc:
                     self.problems.add(f"{field}.gradient", f"on defense {defense_name!r}: {exc}")
                     continue
-                problem = protocol_problem(config, resolved, entry.setting)
+                problem = protocol_problem(config, resolved, entry.setting) if valid else None
                 if problem:
                     self.problems.add(f"{field}.defenses", f"defense {defense_name!r} is stochastic: {problem}, "
                                       "or restrict this attack with `defenses: [<deterministic cells>]`")

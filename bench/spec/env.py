@@ -5,9 +5,11 @@ The rule:
 - a variable is expanded only if its name starts with ``BENCH_`` or the job lists it under
   ``env:`` (``env: [MY_CKPT_DIR]``); any other reference is an error naming the field, so a job file
   from elsewhere cannot read ``$HOME``, a token or a password into the run;
-- never in names: ``name`` and ``type`` (run, cells, backbones, classifier, dataset), an attack's
-  ``defenses:`` list, ``env:`` itself, ``derived_from`` and mapping keys. Names become folders, Ray task names and
-  row columns, so they are written literally;
+- never in names and plugin references: ``name`` and ``type`` (run, cells, backbones, classifier,
+  dataset), a defense or attack entry written as a bare string (its type), the parts of a ``chain:``,
+  ``classifier:`` written as a string, a defense's backbone reference (``backbone: sde``), an attack's
+  ``defenses:`` list, ``env:`` itself, ``derived_from`` and mapping keys. Names become folders, Ray task
+  names and row columns, and references choose the code that runs, so they are written literally;
 - an unset variable without a default is an error; a value made only of expanded text is typed the
   way YAML types it (``${SEED:-0}`` is the integer 0).
 
@@ -24,12 +26,12 @@ from typing import Any
 
 from bench.safe_yaml import YAMLInputError, field_path, load_yaml
 from bench.spec.errors import Problems
+from bench.spec.names import is_name_field
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 #: Variables with this prefix are always expanded.
 ALWAYS_PREFIX = "BENCH_"
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
-_NAME_KEYS = ("name", "type")
 
 
 def allowed_variables(data: dict[str, Any], problems: Problems) -> set[str]:
@@ -50,16 +52,6 @@ def allowed_variables(data: dict[str, Any], problems: Problems) -> set[str]:
     return allowed
 
 
-def _is_name_field(where: tuple[Any, ...]) -> bool:
-    if not where:
-        return False
-    if where[0] in ("env", "derived_from"):
-        return True
-    if len(where) >= 3 and where[0] == "attacks" and where[2] == "defenses":
-        return True
-    return isinstance(where[-1], str) and where[-1] in _NAME_KEYS
-
-
 def expand(value: Any, allowed: set[str], problems: Problems, where: tuple[Any, ...] = ()) -> Any:
     """A copy of ``value`` with the references of allowed variables expanded (see the module doc).
 
@@ -78,8 +70,9 @@ def expand(value: Any, allowed: set[str], problems: Problems, where: tuple[Any, 
     if not isinstance(value, str) or "${" not in value:
         return value
     field = field_path(where)
-    if _is_name_field(where):
-        problems.add(field, f"{value!r}: ${{...}} is not expanded in names (name, type, an attack's defenses, env); "
+    if is_name_field(where):
+        problems.add(field, f"{value!r}: ${{...}} is not expanded in names and plugin references (name, type, bare "
+                     "entries, chain parts, the classifier, backbone references, an attack's defenses, env); "
                      "write the name literally", settle=True)
         return value
     if "${" in REFERENCE.sub("", value):

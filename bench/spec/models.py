@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -30,6 +31,16 @@ StrictInt = Annotated[int, Strict()]
 Number = Annotated[float, Strict()]  # strict: rejects booleans and strings (fractions are converted before)
 
 
+def _written_as_string(value: Any) -> Any:
+    """Refuse a name YAML read as a number or boolean: it would be silently rewritten (YAML 1.1 reads
+    ``1:30`` as 90, ``010`` as 8, ``1.10`` as 1.1, ``yes`` as true)."""
+    if isinstance(value, (bool, int, float)):
+        raise ValueError(f"a name must be a string, but YAML read this unquoted value as the {type(value).__name__} "
+                         f"{value!r} (it reads 1:30 as 90, 010 as 8, 1.10 as 1.1, yes as true); quote it as "
+                         "written, e.g. name: \"010\"")
+    return value
+
+
 def _safe_name(value: str) -> str:
     problem = name_problem(value)
     if problem:
@@ -37,13 +48,15 @@ def _safe_name(value: str) -> str:
     return value
 
 
+#: A name or reference written as a string (never a number YAML converted).
+StrictName = Annotated[str, BeforeValidator(_written_as_string)]
 #: A run, cell or backbone name (see :mod:`bench.spec.names`).
-SafeName = Annotated[str, AfterValidator(_safe_name)]
+SafeName = Annotated[StrictName, AfterValidator(_safe_name)]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class _Model(BaseModel):
-    # coerce_numbers_to_str: `name: 2024` is the name "2024"
+    # coerce_numbers_to_str: `split: 1` is the text "1" (names are StrictName: an unquoted number is refused)
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
@@ -182,13 +195,21 @@ class AttackSpec(_Model):
     name: SafeName | None = None
     gradient: Literal["full", "surrogate", "bpda"] | None = None
     setting: Literal["adaptive", "oblivious"] = "adaptive"
-    defenses: list[str] | None = None
+    defenses: list[StrictName] | None = None
     params: dict[str, Any] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _normalise(cls, data: Any) -> Any:
         return _extras_to_params(data, {"type", "name", "gradient", "setting", "defenses"}, name_field="type")
+
+    @field_validator("defenses")
+    @classmethod
+    def _some_defenses(cls, defenses: list[str] | None) -> list[str] | None:
+        if defenses is not None and not defenses:
+            raise ValueError("lists no defense cell, so the attack would run on nothing; name at least one, or "
+                             "remove `defenses:` to attack every defense cell")
+        return defenses
 
     def default_name(self) -> str:
         if self.name:
@@ -320,10 +341,25 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _written_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """pydantic's ``loc`` as the user wrote it: without the ``params`` field where plugin parameters
+    are collected (written beside ``type``/``name``), nor the ``[key]`` marker of a mapping key
+    (``backbones: {<key>: ...}`` names the same field). A key the user wrote as ``params`` stays."""
+    written: list[Any] = []
+    for part in loc:
+        if part == "[key]":
+            continue
+        if part == "params":
+            owner = _model_at(tuple(written))
+            if owner is not None and "params" in owner.model_fields:
+                continue
+        written.append(part)
+    return tuple(written)
+
+
 def describe_error(error: dict[str, Any]) -> tuple[str, str]:
     """A pydantic error as ``(field, message with what is allowed)``."""
-    # "[key]" marks a mapping key in pydantic's loc (backbones: {<key>: ...}); it names the same field
-    loc = tuple(p for p in error["loc"] if p not in ("params", "[key]"))
+    loc = _written_loc(tuple(error["loc"]))
     field = field_path(loc)
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":

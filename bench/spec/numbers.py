@@ -2,7 +2,8 @@
 
 - ``"8/255"`` becomes 8/255 and ``"1e-3"`` becomes 0.001 anywhere in the document (YAML 1.1 reads
   an exponent without a dot as a string). Only strings that are exactly a number match, so paths and
-  names never change.
+  names never change; names and plugin references (:func:`bench.spec.names.is_name_field`) are
+  never converted (``name: 1e3`` is the name ``1e3``).
 - Every float must be finite: ``.inf``, ``.nan`` and ``1e309`` (which overflows to infinity) are
   errors naming the field.
 - Every integer must fit in 64 bits (the catalog is SQLite, whose integers are 64-bit; a seed of
@@ -20,6 +21,7 @@ from typing import Any
 
 from bench.safe_yaml import field_path
 from bench.spec.errors import Problems
+from bench.spec.names import is_name_field
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
@@ -46,8 +48,8 @@ def coerce_numbers(value: Any, problems: Problems, where: tuple[Any, ...] = ()) 
         return {k: coerce_numbers(v, problems, (*where, k)) for k, v in value.items()}
     if isinstance(value, list):
         return [coerce_numbers(v, problems, (*where, i)) for i, v in enumerate(value)]
-    if isinstance(value, bool) or value is None:
-        return value
+    if isinstance(value, bool) or value is None or is_name_field(where):
+        return value  # a name that is not a string is refused by the models (bench.spec.models.StrictName)
     field = field_path(where)
     written = value
     if isinstance(value, str):
