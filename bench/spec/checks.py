@@ -192,6 +192,10 @@ class _Checker:
             params[first] = argument.strip()
         self.params(CLASSIFIERS, name, obj, params, "classifier", ("name",),
                     field_of=lambda key: "classifier.name" if key == first else f"classifier.{key}")
+        if params.get("allow_download") is True and "model_dir" in params:  # the loader would download there
+            self.problems.add("classifier.model_dir", "with allow_download: true the files are downloaded into "
+                              "model_dir, and a job never chooses where bench writes: remove model_dir and pass "
+                              "the folder with --model-dir (or $BENCH_MODEL_DIR)")
 
     def backbones(self) -> None:
         for key, backbone in self.s.backbones.items():
