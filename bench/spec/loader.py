@@ -25,6 +25,25 @@ from bench.spec.models import JobSpec, describe_error
 from bench.spec.numbers import coerce_numbers
 
 
+#: Most tasks one job may expand to: a grid beyond it (e.g. 1,000 seeds x shards of 1 image) would
+#: take minutes to expand and hours to schedule before anything reported a mistake.
+MAX_TASKS = 1_000_000
+
+
+def grid_problem(spec: JobSpec) -> str | None:
+    """Why the job's grid is too large (an upper bound: every attack cell on every defense), or None."""
+    subset = spec.dataset.subset
+    images = subset.take or subset.size
+    shards = -(-images // spec.shard_size)
+    cells = len(spec.defenses) * max(1, len(spec.attacks))
+    tasks = cells * len(spec.seeds) * shards
+    if tasks <= MAX_TASKS:
+        return None
+    return (f"the job expands to up to {tasks:,} tasks ({len(spec.defenses)} defenses x {max(1, len(spec.attacks))} "
+            f"attack cells x {len(spec.seeds)} seeds x {shards:,} shards of {images:,} images); at most {MAX_TASKS:,}: "
+            "use a larger shard_size, fewer seeds or fewer cells")
+
+
 def parse_job(data: dict[str, Any], path: str | os.PathLike = "<job>", *, check_plugins: bool = True,
               check_files: bool = True) -> JobSpec:
     """Validate an already merged job mapping (environment variables and fractions are resolved here).
@@ -55,6 +74,8 @@ def parse_job(data: dict[str, Any], path: str | os.PathLike = "<job>", *, check_
     except ValidationError as exc:
         for error in exc.errors():
             problems.add(*describe_error(error))
+    if spec is not None and (problem := grid_problem(spec)):
+        problems.add("shard_size", problem)
     if check_plugins:
         sections = Sections.of(spec) if spec is not None else Sections.partial(values, path)
         if spec is not None:
