@@ -92,8 +92,9 @@ def _shard_result_from_ipc(rows: pa.Buffer, adversarial: Tensor | None, build_se
     return ShardResult(table=pa.ipc.open_stream(rows).read_all(), adversarial=adversarial, build_seconds=build_seconds)
 
 
-def _net_cost(defense: Defense, mode: str) -> float:
-    """Network evaluations of one forward of one image through the model in ``mode``."""
+def net_cost(defense: Defense, mode: str) -> float:
+    """Network evaluations of one forward of one image through the model in ``mode`` (classifier = 1,
+    one purification = the defense's ``cost()``; the rows' ``net_evals`` and ``bench plan`` count with it)."""
     if mode == "oblivious":
         return 1.0
     if mode == "surrogate" and hasattr(defense, "surrogate_cost"):
@@ -212,7 +213,7 @@ def evaluate_shard(
     evals = torch.full((n,), clean_model.images_forwarded * (1.0 + c) / n, dtype=torch.float64)
     seconds = torch.full((n,), t_clean / n, dtype=torch.float64)
     if n_att:
-        att = attack_model.images_forwarded * _net_cost(defense, mode) + adv_model.images_forwarded * (1.0 + c)
+        att = attack_model.images_forwarded * net_cost(defense, mode) + adv_model.images_forwarded * (1.0 + c)
         evals[idx.cpu()] += att / n_att
         seconds[idx.cpu()] += t_attack / n_att
 

@@ -63,6 +63,7 @@ from typing import Any, Sequence
 
 import torch
 
+from bench.evaluate import net_cost
 from bench.tasks import Task
 
 #: Dense FP32 peak (no tensor cores) in FLOP/s, from the vendors' product datasheets:
@@ -177,15 +178,6 @@ def _mode(task: Task, attack: Any) -> str:
     return getattr(attack, "forced_gradient", None) or task.payload["gradient"]
 
 
-def _attack_cost(defense: Any, mode: str) -> float:
-    """Network evaluations of one pass of the attacked model (the ``_net_cost`` rule of evaluate)."""
-    if mode == "oblivious":
-        return 1.0
-    if mode == "surrogate" and hasattr(defense, "surrogate_cost"):
-        return 1.0 + float(defense.surrogate_cost())
-    return 1.0 + float(defense.cost())
-
-
 def attacked_model(defense: Any, mode: str) -> Any:
     """A ``DefendedModel`` in ``mode`` around an identity classifier: the flags the attack reads
     (stochastic, forward_decides, mode) without building or running the classifier."""
@@ -256,7 +248,7 @@ def count_cells(tasks: Sequence[Task], build_defense: Any, build_attack: Any,
         nfe_clean = k * (1.0 + c)
         plans.append(CellPlan(
             defense=d, attack=a, mode=mode, tasks=len(cell_tasks), images=sum(len(t.image_ids) for t in cell_tasks),
-            votes=k, nfe_clean=nfe_clean, nfe_attack=(passes.gradient + passes.forward) * _attack_cost(defense, mode),
+            votes=k, nfe_clean=nfe_clean, nfe_attack=(passes.gradient + passes.forward) * net_cost(defense, mode),
             nfe_adversarial=passes.judgements * nfe_clean, gradient_passes=passes.gradient,
             forward_passes=passes.forward, exact=passes.exact, judgements=passes.judgements,
             rule=attack.success_rule(model) if attack.crafts else "none"))
