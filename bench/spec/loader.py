@@ -31,9 +31,10 @@ MAX_TASKS = 1_000_000
 
 
 def grid_problem(spec: JobSpec) -> str | None:
-    """Why the job's grid is too large (an upper bound: every attack cell on every defense), or None."""
+    """Why the job's grid is too large (every attack cell on every defense), or None. Without a subset
+    the split's size is not known before the dataset is read: its shards count as one."""
     subset = spec.dataset.subset
-    images = subset.take or subset.size
+    images = (subset.take or subset.size) if subset is not None else spec.shard_size
     shards = -(-images // spec.shard_size)
     cells = len(spec.defenses) * max(1, len(spec.attacks))
     tasks = cells * len(spec.seeds) * shards
