@@ -27,6 +27,7 @@ from bench.evaluate import ShardResult
 from bench.scheduler import SerialBackend, submit
 from bench.schema import ROW_SCHEMA, SCHEMA_VERSION
 from bench.store import DONE, FAILED, PENDING, RUNNING, ResultStore, RunRecord, StoreError, TaskRecord
+from bench.store.provenance import input_hashes, task_inputs
 from fake_tasks import fake_rows, fake_run_task, make_tasks
 
 SPEC = {"name": "run", "seeds": [0, 1]}
@@ -404,6 +405,54 @@ def test_every_version_is_kept_with_its_provenance(tmp_path, data_dir):
     assert shown.exit_code == 0, shown.output
     assert "*3" in shown.output and p["git"]["commit"][:12] in shown.output
     assert "checkpoint defense[lp].params.checkpoint" in shown.output and "cifar10_test.npz" in shown.output
+
+
+def test_a_checkpoint_rewritten_in_place_reruns_the_tasks_that_read_it(tmp_path, data_dir):
+    ckpt = tmp_path / "weights.pt"
+    ckpt.write_bytes(b"weights-1")
+    plain = {"dataset": {"name": "cifar10", "split": "test"}, "classifier": {"name": "resnet20"}}
+    reads = {**plain, "defense": {"name": "lp", "config": {"type": "lowpass", "params": {"checkpoint": str(ckpt)}}}}
+    # task ids name the checkpoint's path, not its bytes: the ids stay the same when the bytes change
+    tasks = [dataclasses.replace(t, payload=reads if t.defense == "lowpass" else plain) for t in make_tasks(n=6)]
+    readers = [t for t in tasks if t.defense == "lowpass"]
+    results = tmp_path / "results"
+
+    def submit(spec) -> tuple[ResultStore, list]:
+        store = ResultStore(results, data_dir=data_dir)
+        return store, store.begin_run("run", spec, tasks)
+
+    store, todo = submit({"v": 1})
+    _finish(store, todo)
+    store.end_run("run")
+    old_bytes = {t.task_id: (results / f"runs/run/tasks/{t.task_id}.parquet").read_bytes() for t in tasks}
+    # a new version with the same checkpoint bytes re-uses every file
+    store, todo = submit({"v": 2})
+    assert todo == [] and [v.number for v in store.versions("run")] == [1, 2]
+    store.end_run("run")
+
+    ckpt.write_bytes(b"weights-two")  # same path, other weights
+    store, todo = submit({"v": 2})
+    assert [v.number for v in store.versions("run")] == [1, 2, 3]
+    assert todo == readers  # the tasks that do not read the checkpoint keep their files
+    stale = results / "runs/run/stale"
+    assert sorted(p.name for p in stale.iterdir()) == sorted(f"{t.task_id}.parquet" for t in readers)
+    assert all((stale / f"{t.task_id}.parquet").read_bytes() == old_bytes[t.task_id] for t in readers)
+    assert any("written by version 1" in n and f"checkpoint {ckpt.resolve()}" in n for n in store.notes)
+    store.end_run("run")
+    # killed before they ran: the next submit still runs them (the stale copies are not taken back)
+    store, todo = submit({"v": 2})
+    assert todo == readers
+    _finish(store, todo)
+    rows = store.read_run("run").to_pandas()
+    assert len(rows) == 24 and set(rows.task_id) == {t.task_id for t in tasks}
+    assert {r.task_id: r.run_version for r in store.tasks("run")} == {
+        t.task_id: 3 if t.defense == "lowpass" else 1 for t in tasks}
+    # the inputs a task reads are named as provenance records them (the dataset's too)
+    recorded = input_hashes(store.versions("run")[-1].provenance)
+    assert task_inputs(readers[0]) == {("data", "cifar10", "test"), ("checkpoint", str(ckpt.resolve()))}
+    assert task_inputs(readers[0]) <= recorded.keys()
+    store.end_run("run")
+    assert submit({"v": 2})[1] == []
 
 
 class _SpecWithRecord:

@@ -177,6 +177,33 @@ def referenced_paths(tasks: Sequence[Task]) -> list[tuple[str, Path]]:
     return [(where, path) for path, where in found.items()]
 
 
+#: A task input as provenance records it: ``("data", dataset name, split)`` or ``("checkpoint", path)``.
+InputKey = tuple[str, ...]
+
+
+def task_inputs(task: Task) -> set[InputKey]:
+    """What a task's rows depend on beyond its config: its dataset and every existing file or folder
+    its config names (resolved, as :func:`referenced_paths` finds them). Keys of :func:`input_hashes`."""
+    dataset = task.payload.get("dataset")
+    keys = {("checkpoint", str(path)) for _, path in referenced_paths([task])}
+    if isinstance(dataset, dict):
+        keys.add(("data", str(dataset.get("name")), str(dataset.get("split"))))
+    return keys
+
+
+def input_hashes(provenance: dict[str, Any]) -> dict[InputKey, str]:
+    """The sha256 a version's provenance recorded for each input (by path for checkpoints: ``where``
+    names only the first config that names a shared path)."""
+    out: dict[InputKey, str] = {}
+    for entry in provenance.get("data") or []:
+        if isinstance(entry, dict) and entry.get("sha256"):
+            out["data", str(entry.get("dataset")), str(entry.get("split"))] = entry["sha256"]
+    for entry in provenance.get("checkpoints") or []:
+        if isinstance(entry, dict) and entry.get("sha256") and entry.get("path"):
+            out["checkpoint", entry["path"]] = entry["sha256"]
+    return out
+
+
 def _datasets(tasks: Sequence[Task], data_dir: str | os.PathLike | None, cache: HashCache,
               errors: list[str]) -> list[dict[str, Any]]:
     configs = {canonical_json(t.payload["dataset"]): t.payload["dataset"] for t in tasks

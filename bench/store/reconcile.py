@@ -10,12 +10,15 @@ safe to interrupt (the next ``begin_run`` starts them again):
 3. one catalog transaction applies the verdicts: a valid file is ``done`` (moved back to ``tasks/``
    when it came from ``stale/``; also when the driver died between the rename and the catalog
    update), an invalid one is deleted and its task runs again; a task without a file, a ``running``
-   task of a dead driver and a ``failed`` task go back to ``pending``.
+   task of a dead driver and a ``failed`` task go back to ``pending``. A valid file written by
+   another version whose provenance recorded another sha256 for the dataset or a checkpoint the task
+   reads is stale (task ids hash configs, which name these by path, not by content): it goes to
+   ``stale/`` and its task runs again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,12 @@ from bench.store.atomic import move
 from bench.store.catalog import DONE, PENDING, RunRecord, RunVersionRecord, TaskRecord
 from bench.store.errors import StoreError
 from bench.store.layout import RunPaths, StoreLayout
-from bench.store.manifest import RunManifest, RunVersion, TaskEntry, now
+from bench.store.manifest import RunManifest, RunVersion, TaskEntry, now, read_version
+from bench.store.provenance import InputKey, input_hashes, task_inputs
 from bench.store.rebuild import present_task_ids
 from bench.store.taskfile import META_BUILD_SECONDS, META_CPU_SECONDS, META_RUN_VERSION, META_SECONDS, metadata_number
 from bench.store.verify import FileCheck, check_files
+from bench.tasks import Task
 
 SessionFactory = Callable[..., AbstractContextManager[Session]]  # session(write: bool = False)
 
@@ -68,10 +73,42 @@ def _check(paths: RunPaths, manifest: RunManifest, trusted: dict[str, str]) -> l
     return [(entry, next(checks) if where is not None else None) for entry, where in found]
 
 
+class _ChangedInputs:
+    """The inputs of a task whose sha256 differs between the version that wrote its file and the
+    current one (hashes known to both). Each earlier version's provenance is read once, and a task's
+    inputs are looked up only when that version's hashes differ from the current ones."""
+
+    def __init__(self, paths: RunPaths, current: RunVersion, tasks: Mapping[str, Task]) -> None:
+        self._paths, self._number, self._tasks = paths, current.number, tasks
+        self._current = input_hashes(current.provenance)
+        self._differ: dict[int, set[InputKey]] = {}  # version -> inputs whose hash differs from now
+
+    def of(self, task_id: str, written_by: int | None) -> list[InputKey]:
+        if written_by is None or written_by == self._number:
+            return []
+        if written_by not in self._differ:
+            old = read_version(self._paths, written_by)
+            before = input_hashes(old.provenance) if old is not None else {}
+            current = self._current
+            self._differ[written_by] = {k for k in before.keys() & current.keys() if before[k] != current[k]}
+        differ = self._differ[written_by]
+        return sorted(differ & task_inputs(self._tasks[task_id])) if differ else []
+
+
+def _written_by(rec: TaskRecord, check: FileCheck) -> int | None:
+    """The run version that wrote the file: its metadata when it was read now, else the catalog's."""
+    number = metadata_number(check.metadata, META_RUN_VERSION) if check.metadata is not None else None
+    return int(number) if number is not None else rec.run_version
+
+
 def reconcile(session: SessionFactory, layout: StoreLayout, paths: RunPaths, manifest: RunManifest,
-              version: RunVersion, record: Any, note: Callable[[str], None]) -> set[str]:
-    """Steps 2 and 3 of the module docstring; return the ids of the current tasks still to run."""
+              version: RunVersion, record: Any, note: Callable[[str], None], tasks: Mapping[str, Task]) -> set[str]:
+    """Steps 2 and 3 of the module docstring; return the ids of the current tasks still to run.
+
+    ``tasks`` are the current tasks by id (their configs say which dataset and checkpoints they read).
+    """
     verdicts = _check(paths, manifest, _trusted_signatures(session, manifest.run))
+    changed_inputs = _ChangedInputs(paths, version, tasks)
     todo: set[str] = set()
     with session(write=True) as s:
         known = {r.task_id: r for r in s.scalars(select(TaskRecord).where(TaskRecord.run == manifest.run))}
@@ -93,6 +130,17 @@ def reconcile(session: SessionFactory, layout: StoreLayout, paths: RunPaths, man
                     note(f"note: re-running task {entry.task_id} ({entry.defense}|{entry.attack} seed {entry.seed} "
                          f"shard {entry.shard}): {layout.relative(check.path)}: {check.problem}")
                     check.path.unlink(missing_ok=True)
+                _reset(rec)
+                todo.add(entry.task_id)
+                continue
+            written_by = _written_by(rec, check)
+            changed = changed_inputs.of(entry.task_id, written_by)
+            if changed:  # rows of other weights or data under the same task id
+                note(f"note: re-running task {entry.task_id} ({entry.defense}|{entry.attack} seed {entry.seed} "
+                     f"shard {entry.shard}): {layout.relative(check.path)} was written by version {written_by}, "
+                     f"whose {', '.join(' '.join(key) for key in changed)} had other contents")
+                if check.path.parent != paths.stale_dir:
+                    move(check.path, paths.stale(entry.task_id))
                 _reset(rec)
                 todo.add(entry.task_id)
                 continue
@@ -128,8 +176,7 @@ def _mark_verified(rec: TaskRecord, check: FileCheck, relative_path: str) -> Non
         rec.cpu_seconds = rec.cpu_seconds if rec.cpu_seconds is not None else metadata_number(meta, META_CPU_SECONDS)
         rec.build_seconds = (rec.build_seconds if rec.build_seconds is not None
                              else metadata_number(meta, META_BUILD_SECONDS))
-        number = metadata_number(meta, META_RUN_VERSION)
-        rec.run_version = rec.run_version if rec.run_version is not None else (int(number) if number else None)
+        rec.run_version = _written_by(rec, check)
 
 
 __all__: Sequence[str] = ("move_aside", "reconcile")

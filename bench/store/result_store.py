@@ -13,6 +13,8 @@ It ties the parts together (layout and containment: ``layout``; task files: ``ta
     ``done`` (also when the driver died between the rename and the catalog update), invalid ->
     deleted and re-run (damaged pages, another schema version, wrong types, another task's rows);
   - a ``running`` task left by a dead driver, a ``failed`` task and a lost file go back to ``pending``;
+  - a file written by a version whose provenance recorded other bytes for the dataset or a checkpoint
+    its task reads (same path, so same task id) goes to ``stale/`` and its task runs again;
   - temporary files left by a dead writer are deleted.
 
 - :meth:`ResultStore.read_run` returns the rows of exactly the manifest's task ids whose file is in
@@ -228,6 +230,7 @@ class ResultStore:
         Tasks whose file verifies are done and not returned; so re-submitting an unchanged job
         returns nothing, an extended job only the new task ids (plus any pending, failed or lost),
         and a job that returns to an earlier version re-uses that version's files from ``stale/``.
+        A task whose dataset or checkpoint file changed bytes since its file was written runs again.
         This driver becomes the run's driver.
 
         Raises:
@@ -260,7 +263,8 @@ class ResultStore:
         for folder in (paths.dir, paths.tasks_dir, paths.stale_dir, paths.adversarial_dir, paths.versions_dir):
             remove_dead_temp_files(folder)
         move_aside(paths, set(ids))
-        todo = reconcile(self._session, self.layout, paths, manifest, version, record, self._note)
+        todo = reconcile(self._session, self.layout, paths, manifest, version, record, self._note,
+                         {t.task_id: t for t in tasks})
         for folder in (paths.tasks_dir, paths.stale_dir):
             fsync_dir(folder)
         self._run_versions[name] = version.number
