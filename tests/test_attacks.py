@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import noisy_defense  # noqa: F401  (registers ``noisy``)
+from recording_judge import RecordingJudge
 from attacks.bpda_eot import BPDAEOT
 from attacks.pgd_eot import PGDEOT, TARGET_IMAGES_PER_FORWARD, copies_per_forward, eot_gradient
 from bench.classifiers import load_classifier
 from bench.registry import ATTACKS, create_defense
 from bench.rng import RngStream
-from bench.voting import VoteJudge
 from defenses.defended import DefendedModel
 
 
@@ -226,17 +226,6 @@ def test_attack_runs_in_eval_mode_and_restores_every_flag(resnet20, images):
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         PGDEOT(**params)
-
-
-class RecordingJudge:
-    """K-vote judge of the real defense that records the batch size of every call."""
-
-    def __init__(self, model, votes=3):
-        self.judge, self.sizes = VoteJudge(model, votes), []
-
-    def __call__(self, x):
-        self.sizes.append(x.shape[0])
-        return self.judge(x)
 
 
 def _judge_model(classifier, defense="noisy", **params):

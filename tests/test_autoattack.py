@@ -9,11 +9,11 @@ from pyautoattack import AutoAttack
 from pyautoattack.autopgd_base import APGDAttack
 
 import noisy_defense  # noqa: F401  (registers ``noisy``)
+from recording_judge import RecordingJudge
 from attacks.autoattack import AutoAttackRand, seed_from
 from bench.classifiers import load_classifier
 from bench.registry import ATTACKS, create_defense
 from bench.rng import RngStream
-from bench.voting import VoteJudge
 from defenses.defended import DefendedModel
 
 
@@ -101,15 +101,6 @@ def test_seed_comes_from_the_generator():
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         AutoAttackRand(**params)
-
-
-class RecordingJudge:
-    def __init__(self, model, votes=3):
-        self.judge, self.sizes = VoteJudge(model, votes), []
-
-    def __call__(self, x):
-        self.sizes.append(x.shape[0])
-        return self.judge(x)
 
 
 def test_run_on_a_deterministic_defense_is_one_library_call(setup, data_dir):
